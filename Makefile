@@ -1,0 +1,31 @@
+# The two commands of the README: `make book` and `make test`.
+# Each creates .venv and installs the project on first use (an idempotent stamp).
+
+PYTHON  ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+PROFILE ?= tiny
+STAMP   := $(VENV)/.stamp-install
+
+.PHONY: book test venv clean benchmarks
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+venv: $(STAMP)
+
+book: $(STAMP)
+	$(BIN)/memories book --profile $(PROFILE)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
+
+benchmarks: $(STAMP)
+	$(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf _build _executed _static/mathjax

@@ -17,6 +17,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel
 
+from .paths import cache_dir
 from .profile import Profile
 from .tokenizer import SPECIAL_TOKENS, build_word_tokenizer, tokenize
 
@@ -25,14 +26,6 @@ SUBFOLDERS = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")
 
 class ModelLoadError(RuntimeError):
     """A model folder that is missing, incomplete or unreadable."""
-
-
-def cache_dir() -> Path:
-    """Root of the project's caches (models, results): ``$MEMORIES_CACHE`` or ``~/.cache/memories_lib``."""
-    root = os.environ.get("MEMORIES_CACHE")
-    path = Path(root) if root else Path.home() / ".cache" / "memories_lib"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 @dataclass

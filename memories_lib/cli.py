@@ -1,0 +1,133 @@
+"""The ``memories`` command: build the book, rerun one chapter, list profiles, train the mini world.
+
+    memories book [--profile NAME] [-p NAME VALUE ...]
+    memories run NOTEBOOK [--profile NAME] [-p NAME VALUE ...] [-o OUT]
+    memories profiles
+    memories train-mini [ARGS ...]
+
+Parameter values are parsed as YAML (``-p num_images 8`` is an int, ``-p concepts '[star]'``
+a list). User errors (an unknown profile or parameter, a value of the wrong type, a failed
+cell) print one line to stderr and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+DEFAULT_PROFILE = "tiny"
+
+EXIT_USAGE = 2    # a wrong profile, parameter or value: nothing ran
+EXIT_FAILED = 1   # a chapter or the build failed
+
+
+def _parameter_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", default=DEFAULT_PROFILE,
+                        help=f"profile name or path to a profile YAML (default: {DEFAULT_PROFILE})")
+    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="set a notebook parameter (VALUE is parsed as YAML); repeatable")
+    parser.add_argument("--root", default=None, help="the book's root (default: the folder holding _toc.yml)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="memories",
+        description="Execute and render the book reproducing 'Memories of Forgotten Concepts'.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    book = sub.add_parser("book", help="execute every chapter with papermill and build the HTML book")
+    _parameter_args(book)
+
+    run = sub.add_parser("run", help="execute one chapter and write the executed notebook")
+    run.add_argument("notebook", metavar="NOTEBOOK", help="a chapter name (01_background) or a path to its .md")
+    _parameter_args(run)
+    run.add_argument("-o", "--output", default=None, help="executed notebook path (default: _executed/NAME.ipynb)")
+
+    sub.add_parser("profiles", help="list the shipped profiles")
+    sub.add_parser("train-mini", help="train the embedded mini world (arguments go to memories_lib.mini.train)",
+                   add_help=False)
+    return parser
+
+
+def _overrides(pairs: Sequence[Sequence[str]]) -> dict:
+    from .book import ParameterError, parse_value
+
+    overrides = {}
+    for name, text in pairs:
+        if name in overrides:
+            raise ParameterError(f"parameter {name!r} is given twice")
+        overrides[name] = parse_value(text)
+    return overrides
+
+
+def _cmd_book(args: argparse.Namespace) -> int:
+    from .book import build_book
+
+    index = build_book(args.profile, _overrides(args.parameter), args.root, progress=not args.quiet)
+    print(f"The book is at {index}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .book import execute_chapter, find_root, resolve_chapter
+
+    root = Path(args.root).resolve() if args.root else find_root()
+    chapter = resolve_chapter(root, args.notebook)
+    output = execute_chapter(chapter, args.profile, _overrides(args.parameter), output=args.output,
+                             progress=not args.quiet)
+    print(f"Executed {chapter.source.name} -> {output}")
+    return 0
+
+
+def _cmd_profiles(args: argparse.Namespace) -> int:
+    from .profile import ProfileError, list_profiles, load_profile
+
+    for name in list_profiles():
+        try:
+            description = load_profile(name).description
+        except ProfileError as err:
+            description = f"(does not load: {err})"
+        marker = " (default)" if name == DEFAULT_PROFILE else ""
+        print(f"{name}{marker}: {description}")
+    return 0
+
+
+def _cmd_train_mini(argv: list[str]) -> int:
+    from .mini.train import main as train_main  # owned by the mini world; imported only when asked
+
+    result = train_main(argv)
+    return int(result or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``memories`` console script; returns the exit code."""
+    from .book import BookError, ParameterError
+    from .profile import ProfileError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "train-mini":  # everything after it belongs to the trainer
+            return _cmd_train_mini(argv[1:])
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exit_:  # argparse printed its usage message (or --help)
+            return int(exit_.code or 0)
+        commands = {"book": _cmd_book, "run": _cmd_run, "profiles": _cmd_profiles}
+        return commands[args.command](args)
+    except (ParameterError, ProfileError) as err:
+        print(f"memories: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except BookError as err:
+        print(f"memories: error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("memories: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,397 @@
+"""The book pipeline: chapters and parameters, papermill execution, and the rendered book end to end."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from conftest import REPO, make_book_root
+from memories_lib import __version__, book
+from memories_lib.book import BookError, NotebookParameter, ParameterError
+from memories_lib.profile import PROFILES_DIR, load_profile
+
+PARAMS = """\
+# Parameters
+
+```{code-cell} ipython3
+:tags: [parameters]
+
+profile = "tiny"  # profile
+seed = 0  # seed
+rate = 0.5  # a float
+name = "triangle"  # a string
+concepts = ["star"]  # a list
+options = {"a": 1}  # a mapping
+flag = False  # a boolean
+anything = None  # no type
+shape = (1, 2)  # a tuple
+computed = 2 ** 3  # not a literal
+```
+"""
+
+# Runs in the kernel: records which interpreter ran it and glues a value.
+PROBE = """\
+# Probe
+
+```{code-cell} ipython3
+:tags: [parameters]
+
+profile = "tiny"  # profile
+num_steps = 1  # steps
+```
+
+```{code-cell} ipython3
+import os, sys
+from myst_nb import glue
+print("EXECUTABLE=" + sys.executable)
+print("CWD=" + os.getcwd())
+print("CACHE=" + os.environ.get("MEMORIES_CACHE", ""))
+glue("steps_squared", num_steps ** 2, display=False)
+```
+"""
+
+FAILING = """\
+# Fails
+
+```{code-cell} ipython3
+:tags: [parameters]
+
+profile = "tiny"  # profile
+```
+
+```{code-cell} ipython3
+values = [1, 2]
+```
+
+```{code-cell} ipython3
+values[5]
+```
+
+```{code-cell} ipython3
+print("never reached")
+```
+"""
+
+
+@pytest.fixture
+def root(tmp_path):
+    return make_book_root(tmp_path, {"01_params": PARAMS, "02_probe": PROBE, "03_fails": FAILING})
+
+
+def _chapter(root: Path, name: str) -> book.Chapter:
+    return book.resolve_chapter(root, name)
+
+
+# --------------------------------------------------------------------------- chapters and parameters
+
+
+def test_chapters_follow_the_toc(root):
+    found = book.chapters(root)
+    assert [c.name for c in found] == ["01_params", "02_probe", "03_fails"]
+    assert found[0].source == root / "notebooks" / "01_params.md"
+    assert found[0].executed == root / "_executed" / "01_params.ipynb"
+
+
+def test_repository_toc_lists_existing_chapters_and_pages():
+    found = book.chapters(REPO)
+    assert found, "the repository's _toc.yml lists no executed chapter"
+    assert all(c.source.is_file() for c in found)
+    toc_files = book._toc_files(yaml.safe_load((REPO / "_toc.yml").read_text()))
+    for entry in toc_files:
+        if not entry.startswith(book.EXECUTED_DIR):
+            assert (REPO / f"{entry}.md").is_file(), f"_toc.yml lists {entry} but {entry}.md is missing"
+
+
+def test_toc_entry_without_source_is_an_error(root):
+    (root / "notebooks" / "02_probe.md").unlink()
+    with pytest.raises(BookError, match="02_probe"):
+        book.chapters(root)
+
+
+def test_notebook_parameters_reads_defaults_and_types(root):
+    params = book.notebook_parameters(root / "notebooks" / "01_params.md")
+    assert list(params) == ["profile", "seed", "rate", "name", "concepts", "options", "flag", "anything",
+                            "shape", "computed"]
+    assert params["seed"] == NotebookParameter(0, int)
+    assert params["rate"] == NotebookParameter(0.5, float)
+    assert params["name"] == NotebookParameter("triangle", str)
+    assert params["concepts"] == NotebookParameter(["star"], list)
+    assert params["options"] == NotebookParameter({"a": 1}, dict)
+    assert params["flag"] == NotebookParameter(False, bool)
+    assert params["anything"] == NotebookParameter(None, None)
+    assert params["shape"] == NotebookParameter((1, 2), tuple)
+    assert params["computed"].type is None  # not a literal: anything goes
+
+
+def test_notebook_without_parameters_cell_is_an_error(tmp_path):
+    make_book_root(tmp_path, {"01_x": "# X\n\n```{code-cell} ipython3\nx = 1\n```\n"})
+    with pytest.raises(ParameterError, match="tagged 'parameters'"):
+        book.notebook_parameters(tmp_path / "notebooks" / "01_x.md")
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ({"seed": 3}, {"seed": 3}),
+        ({"rate": 2}, {"rate": 2.0}),  # an int where a float is declared
+        ({"rate": 1e-3}, {"rate": 1e-3}),
+        ({"concepts": ["a", "b"]}, {"concepts": ["a", "b"]}),
+        ({"concepts": ("a",)}, {"concepts": ["a"]}),
+        ({"shape": [3, 4]}, {"shape": (3, 4)}),
+        ({"anything": [1, {"x": 2}]}, {"anything": [1, {"x": 2}]}),
+        ({"computed": "whatever"}, {"computed": "whatever"}),
+        ({"flag": True, "options": {}}, {"flag": True, "options": {}}),
+    ],
+)
+def test_check_parameters_accepts_and_converts(root, overrides, expected):
+    checked = book.check_parameters(_chapter(root, "01_params"), overrides)
+    assert checked == expected
+    assert all(type(checked[k]) is type(v) for k, v in expected.items())
+
+
+@pytest.mark.parametrize(
+    "overrides, pattern",
+    [
+        ({"sed": 1}, r"unknown parameter 'sed' for notebook 01_params\.md; its parameters are: profile, seed, rate"),
+        ({"seed": 1.5}, r"'seed' of notebook 01_params\.md must be an integer.*got 1\.5"),
+        ({"seed": True}, r"'seed' .* must be an integer"),
+        ({"seed": "3"}, r"'seed' .* must be an integer.*got '3' \(str\)"),
+        ({"rate": "fast"}, r"'rate' .* must be a number"),
+        ({"rate": False}, r"'rate' .* must be a number"),
+        ({"name": 5}, r"'name' .* must be a string"),
+        ({"concepts": "star"}, r"'concepts' .* must be a list"),
+        ({"options": [1]}, r"'options' .* must be a mapping"),
+        ({"flag": 1}, r"'flag' .* must be a boolean"),
+    ],
+)
+def test_check_parameters_rejects(root, overrides, pattern):
+    with pytest.raises(ParameterError, match=pattern):
+        book.check_parameters(_chapter(root, "01_params"), overrides)
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [("8", 8), ("2.5", 2.5), ("1e-3", 1e-3), ("-2E4", -2e4), ("star", "star"), ('["star"]', ["star"]),
+     ("[1, 2]", [1, 2]), ("{a: 1}", {"a": 1}), ("true", True), ("null", None), ("", ""), ("'8'", "8")],
+)
+def test_parse_value_reads_yaml(text, value):
+    parsed = book.parse_value(text)
+    assert parsed == value and type(parsed) is type(value)
+
+
+def test_parse_value_rejects_broken_yaml():
+    with pytest.raises(ParameterError, match="not valid YAML"):
+        book.parse_value("[unclosed")
+
+
+def test_chapter_parameters_merge_profile_then_overrides(root):
+    chapter = _chapter(root, "02_probe")
+    tiny = load_profile("tiny")
+    params = book.chapter_parameters(chapter, "tiny")
+    # the profile's own parameters that the notebook declares, and no others
+    assert params == {"profile": "tiny", "num_steps": tiny.parameters["num_steps"]}
+    assert book.chapter_parameters(chapter, "tiny", {"num_steps": 7})["num_steps"] == 7
+    with pytest.raises(ParameterError, match="--profile"):
+        book.chapter_parameters(chapter, "tiny", {"profile": "mini"})
+
+
+def test_wrong_type_from_profile_names_the_profile(root, tmp_path):
+    raw = yaml.safe_load((PROFILES_DIR / "tiny.yaml").read_text())
+    raw["parameters"] = {"num_steps": "ten"}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ParameterError, match=r"'num_steps'.*comes from profile 'tiny'"):
+        book.chapter_parameters(_chapter(root, "02_probe"), path)
+
+
+# --------------------------------------------------------------------------- banner, MathJax, Sphinx hook
+
+
+def test_banner_is_an_admonition_naming_profile_device_versions_and_seed():
+    import torch
+
+    text = book.banner_markdown("tiny", seed=123)
+    assert text.startswith("```{admonition}") and text.rstrip().endswith("```")
+    assert "`" not in text.splitlines()[0].removeprefix("```"), "a backtick in the fence's info string breaks the admonition"
+    tiny = load_profile("tiny")
+    for piece in (tiny.name, tiny.description, tiny.resolve_device(), __version__, torch.__version__, "123"):
+        assert piece in text
+
+
+def test_banner_names_a_missing_gpu_honestly():
+    import torch
+
+    text = book.banner_markdown("tiny", seed=0, device="cuda")
+    if torch.cuda.is_available():
+        assert torch.cuda.get_device_name(0) in text
+    else:
+        assert "cuda (not available on this machine)" in text
+
+
+def test_show_banner_displays_markdown(monkeypatch):
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda obj: shown.append(obj))
+    book.show_banner("tiny", seed=5)
+    (obj,) = shown
+    assert obj._repr_markdown_() == book.banner_markdown("tiny", seed=5)
+
+
+def test_vendor_mathjax_copies_a_working_mathjax_once(tmp_path):
+    dest = book.vendor_mathjax(tmp_path)
+    assert dest == tmp_path / "_static" / "mathjax"
+    entry = dest / "tex-mml-chtml.js"
+    assert entry.stat().st_size > 100_000
+    assert list((dest / "output" / "chtml" / "fonts").rglob("*.woff")), "the CHTML fonts are missing"
+    stamp = entry.stat().st_mtime_ns
+    book.vendor_mathjax(tmp_path)
+    assert entry.stat().st_mtime_ns == stamp, "a second call must not copy again"
+
+
+def test_sphinx_hook_drops_vendored_scripts_only():
+    class Config:
+        html_js_files = ["mathjax/tex-mml-chtml.js", ("mathjax/ui/menu.js", {}), "custom.js"]
+        html_css_files = ["mathjax/x.css", "site.css"]
+
+    config = Config()
+    book._drop_vendored_scripts(None, config)
+    assert config.html_js_files == ["custom.js"]
+    assert config.html_css_files == ["site.css"]
+
+
+# --------------------------------------------------------------------------- execution with papermill
+
+
+def _stream_text(nb) -> str:
+    return "".join(
+        out.get("text", "") for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", [])
+    )
+
+
+def test_execute_chapter_runs_in_this_interpreter_at_the_root(root, memories_cache):
+    out = book.execute_chapter(_chapter(root, "02_probe"), "tiny", {"num_steps": 3}, root / "out", progress=False)
+    assert out == root / "out" / "02_probe.ipynb"
+    nb = nbformat.read(out, as_version=4)
+    text = _stream_text(nb)
+    assert f"EXECUTABLE={sys.executable}" in text, "the python3 kernel must be this environment's interpreter"
+    assert f"CWD={root}" in text
+    assert f"CACHE={memories_cache}" in text
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and "num_steps = 3" in injected[0].source and 'profile = "tiny"' in injected[0].source
+    glued = [o for c in nb.cells for o in c.get("outputs", []) if o.get("metadata", {}).get("scrapbook")]
+    assert glued and glued[0]["metadata"]["scrapbook"]["name"] == "steps_squared"
+    assert [v for k, v in glued[0]["data"].items() if k.endswith("text/plain")] == ["9"]
+
+
+def test_failed_cell_raises_book_error_and_keeps_the_executed_copy(root):
+    chapter = _chapter(root, "03_fails")
+    with pytest.raises(BookError) as info:
+        book.execute_chapter(chapter, "tiny", progress=False)
+    message = str(info.value)
+    assert "03_fails.md" in message and "IndexError" in message and "values[5]" in message
+    assert re.search(r"cell \d+ \(In \[\d+\]", message)
+    assert chapter.executed.is_file()
+    nb = nbformat.read(chapter.executed, as_version=4)
+    assert "never reached" not in _stream_text(nb)
+
+
+def test_build_book_checks_every_chapter_before_work(root, monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("work started although a parameter was invalid")
+
+    monkeypatch.setattr(book, "_run_notebook", forbidden)
+    monkeypatch.setattr(book, "vendor_mathjax", forbidden)
+    with pytest.raises(ParameterError, match=r"unknown parameter\(s\) \['nope'\]"):
+        book.build_book("tiny", {"nope": 1}, root)
+    # 'rate' is declared by 01_params only; a wrong type there is caught before 02 and 03 run
+    with pytest.raises(ParameterError, match="'rate'"):
+        book.build_book("tiny", {"rate": "x"}, root)
+
+
+# --------------------------------------------------------------------------- the real book, end to end
+
+
+@pytest.mark.slow
+def test_memories_book_builds_the_html_book(built_book):
+    assert built_book.returncode == 0, built_book.failure()
+    html = built_book.html
+    assert (html / "index.html").is_file()
+    chapter_pages = [html / f"{book.EXECUTED_DIR}/{c.name}.html" for c in book.chapters(built_book.root)]
+    assert chapter_pages and all(p.is_file() for p in chapter_pages)
+    assert (html / "book" / "reproduce.html").is_file() and (html / "book" / "references.html").is_file()
+    assert (html / "_static" / "mathjax" / "tex-mml-chtml.js").is_file()
+
+
+@pytest.mark.slow
+def test_built_pages_load_nothing_from_the_network(built_book):
+    assert built_book.returncode == 0, built_book.failure()
+    pages = list(built_book.html.rglob("*.html"))
+    assert pages
+    loads = re.compile(r"<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)=\"(https?:)?//", re.I)
+    for page in pages:
+        text = page.read_text()
+        cdn = re.search(r"https?://[^\"'\s]*cdn", text, re.I)
+        assert cdn is None, f"{page} refers to a CDN: {cdn and cdn.group(0)}"
+        assert not loads.search(text), f"{page} loads a resource from the network: {loads.search(text).group(0)}"
+
+
+@pytest.mark.slow
+def test_banner_and_glued_values_reach_the_chapter_page(built_book):
+    assert built_book.returncode == 0, built_book.failure()
+    name = book.chapters(built_book.root)[0].name
+    text = (built_book.html / book.EXECUTED_DIR / f"{name}.html").read_text()
+    assert "admonition" in text and "Executed with the tiny profile" in text
+    assert "```{admonition}" not in text, "the banner was not rendered as an admonition"
+    assert __version__ in text
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+@pytest.mark.slow
+def test_chapter_renders_in_headless_chromium(built_book, tmp_path):
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("chromium is not installed (CI installs it: apt-get install chromium)")
+    assert built_book.returncode == 0, built_book.failure()
+    name = book.chapters(built_book.root)[0].name
+    page = (built_book.html / book.EXECUTED_DIR / f"{name}.html").as_uri()
+    common = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+              "--disable-component-update", "--no-first-run", "--disable-sync",
+              "--proxy-server=127.0.0.1:9", "--virtual-time-budget=15000"]
+
+    dom = subprocess.run([*common, f"--user-data-dir={tmp_path / 'profile-dom'}", "--dump-dom", page],
+                         capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    html = dom.stdout
+    assert "<mjx-container" in html, "MathJax did not typeset the page (offline copy not loaded?)"
+    # the page's text outside code blocks: MathJax replaces every \[..\] and \(..\) it typesets
+    text = re.sub(r"<(script|style|pre)\b.*?</\1>|<[^>]+>", " ", html, flags=re.S)
+    for raw in ("$$", "\\[", "\\("):
+        assert raw not in text, f"raw math ({raw}) is left in the page"
+    images = re.findall(r"<img\b[^>]*\bsrc=\"([^\"]+\.png)\"", html)
+    assert images, "the chapter's figure is missing"
+    figure = (built_book.html / book.EXECUTED_DIR / images[0]).resolve()
+    assert figure.is_file() and figure.stat().st_size > 5_000
+
+    shot = tmp_path / "chapter.png"
+    done = subprocess.run([*common, f"--user-data-dir={tmp_path / 'profile-shot'}", f"--screenshot={shot}",
+                           "--window-size=1200,2000", page], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert shot.is_file() and shot.stat().st_size > 30_000, "the screenshot is missing or blank"
+    from PIL import Image
+
+    with Image.open(shot) as img:
+        assert img.size == (1200, 2000)
+        colours = img.convert("L").getcolors(maxcolors=1 << 16)
+        assert colours is None or len(colours) > 20, "the screenshot is a blank page"

@@ -1,0 +1,220 @@
+"""The `memories` command: user errors are one line on stderr and a non-zero exit, before any work."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import types
+
+import nbformat
+import papermill
+import pytest
+
+from conftest import make_book_root, memories_command
+from memories_lib import book, cli
+from memories_lib.profile import PROFILES_DIR, list_profiles, load_profile
+
+CHAPTER = """\
+# A chapter
+
+```{code-cell} ipython3
+:tags: [parameters]
+
+profile = "tiny"  # profile name
+seed = 0  # seed
+num_steps = 5  # steps
+scale = 1.5  # a float
+concepts = ["triangle"]  # concepts
+extra = None  # anything
+```
+
+```{code-cell} ipython3
+print(profile, seed, num_steps, scale, concepts, extra)
+```
+"""
+
+FAILING = """\
+# A failing chapter
+
+```{code-cell} ipython3
+:tags: [parameters]
+
+profile = "tiny"  # profile name
+```
+
+```{code-cell} ipython3
+x = 1
+```
+
+```{code-cell} ipython3
+y = x / 0
+```
+"""
+
+
+@pytest.fixture
+def root(tmp_path, monkeypatch):
+    """A book root with one chapter, as the working directory."""
+    make_book_root(tmp_path, {"01_demo": CHAPTER, "02_fails": FAILING})
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fail loudly if anything would execute a notebook, warm matplotlib, vendor MathJax or run jupyter-book."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("work started although the arguments were invalid")
+
+    monkeypatch.setattr(papermill, "execute_notebook", forbidden)
+    monkeypatch.setattr(book, "vendor_mathjax", forbidden)
+    monkeypatch.setattr(book, "warm_matplotlib", forbidden)
+    monkeypatch.setattr(book, "_jupyter_book", forbidden)
+
+
+@pytest.fixture
+def fake_papermill(monkeypatch):
+    """Record what papermill would be asked to run, and write a stand-in executed notebook."""
+    calls = []
+
+    def execute_notebook(input_path, output_path, parameters=None, **kwargs):
+        calls.append({"input": input_path, "output": output_path, "parameters": parameters, **kwargs})
+        nbformat.write(nbformat.v4.new_notebook(), output_path)
+
+    monkeypatch.setattr(papermill, "execute_notebook", execute_notebook)
+    return calls
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, f"expected one line on stderr, got: {err}"
+    assert err[0].startswith("memories: error: ")
+    assert "Traceback" not in err[0]
+    return err[0]
+
+
+def test_default_profile_is_one_of_the_shipped_ones():
+    assert cli.DEFAULT_PROFILE in list_profiles()
+
+
+def test_profiles_lists_every_profile(capsys):
+    assert cli.main(["profiles"]) == 0
+    out = capsys.readouterr().out
+    for name in list_profiles():
+        assert f"{name}" in out
+        assert load_profile(name).description in out
+
+
+def test_run_unknown_parameter_fails_before_work(root, no_work, capsys):
+    assert cli.main(["run", "01_demo", "-p", "num_step", "3"]) == cli.EXIT_USAGE
+    line = _one_error_line(capsys)
+    assert "'num_step'" in line and "01_demo.md" in line
+    for allowed in ("seed", "num_steps", "scale", "concepts"):
+        assert allowed in line
+    assert not (root / "_executed").exists()
+
+
+@pytest.mark.parametrize(
+    "name, value, expected",
+    [
+        ("num_steps", "abc", "must be an integer"),
+        ("num_steps", "2.5", "must be an integer"),
+        ("num_steps", "true", "must be an integer"),
+        ("scale", "fast", "must be a number"),
+        ("concepts", "star", "must be a list"),
+        ("seed", "[1, 2]", "must be an integer"),
+    ],
+)
+def test_run_wrong_type_fails_before_work(root, no_work, capsys, name, value, expected):
+    assert cli.main(["run", "01_demo", "-p", name, value]) == cli.EXIT_USAGE
+    line = _one_error_line(capsys)
+    assert f"'{name}'" in line and expected in line and "01_demo.md" in line
+
+
+def test_run_unknown_profile_fails_before_work(root, no_work, capsys):
+    assert cli.main(["run", "01_demo", "--profile", "no-such-world"]) == cli.EXIT_USAGE
+    assert "unknown profile 'no-such-world'" in _one_error_line(capsys)
+
+
+def test_profile_cannot_be_a_parameter(root, no_work, capsys):
+    assert cli.main(["run", "01_demo", "-p", "profile", "tiny"]) == cli.EXIT_USAGE
+    assert "--profile" in _one_error_line(capsys)
+
+
+def test_run_unknown_chapter(root, no_work, capsys):
+    assert cli.main(["run", "99_nothing"]) == cli.EXIT_FAILED
+    line = _one_error_line(capsys)
+    assert "99_nothing" in line and "01_demo" in line
+
+
+def test_book_unknown_parameter_fails_before_work(root, no_work, capsys):
+    assert cli.main(["book", "-p", "num_imgs", "8"]) == cli.EXIT_USAGE
+    line = _one_error_line(capsys)
+    assert "num_imgs" in line and "num_steps" in line
+
+
+def test_book_wrong_type_fails_before_work(root, no_work, capsys):
+    assert cli.main(["book", "-p", "num_steps", "many"]) == cli.EXIT_USAGE
+    assert "must be an integer" in _one_error_line(capsys)
+
+
+def test_run_passes_yaml_parsed_values_and_profile_defaults(root, fake_papermill, capsys):
+    out = root / "out" / "demo.ipynb"
+    code = cli.main(["run", "01_demo", "-q", "-p", "concepts", '["star", "circle"]', "-p", "scale", "2",
+                     "-p", "extra", "{a: 1}", "-o", str(out)])
+    assert code == 0, capsys.readouterr().err
+    (call,) = fake_papermill
+    params = call["parameters"]
+    assert params["profile"] == "tiny"
+    assert params["concepts"] == ["star", "circle"]
+    assert params["scale"] == 2.0 and isinstance(params["scale"], float)
+    assert params["extra"] == {"a": 1}
+    # tiny.yaml sets num_steps, which this chapter declares; it sets num_images, which it does not
+    assert params["num_steps"] == load_profile("tiny").parameters["num_steps"]
+    assert "num_images" not in params
+    assert call["kernel_name"] == "python3" and call["cwd"] == str(root)
+    assert call["output"] == str(out) and out.is_file()
+
+
+def test_override_beats_profile_default(root, fake_papermill):
+    assert cli.main(["run", str(root / "notebooks" / "01_demo.md"), "-q", "-p", "num_steps", "20"]) == 0
+    assert fake_papermill[0]["parameters"]["num_steps"] == 20
+    assert fake_papermill[0]["output"] == str(root / "_executed" / "01_demo.ipynb")
+
+
+def test_profile_given_as_a_path_reaches_the_notebook_as_an_absolute_path(root, fake_papermill, tmp_path):
+    custom = tmp_path / "variants" / "my.yaml"
+    custom.parent.mkdir()
+    custom.write_text((PROFILES_DIR / "tiny.yaml").read_text())
+    assert cli.main(["run", "01_demo", "-q", "--profile", "variants/my.yaml"]) == 0
+    assert fake_papermill[0]["parameters"]["profile"] == str(custom.resolve())
+
+
+def test_failed_cell_is_one_line_naming_notebook_and_cell(root, capsys):
+    assert cli.main(["run", "02_fails", "-q"]) == cli.EXIT_FAILED
+    line = _one_error_line(capsys)
+    assert "02_fails.md" in line and "ZeroDivisionError" in line and "y = x / 0" in line
+    assert (root / "_executed" / "02_fails.ipynb").is_file(), "the executed copy is kept for inspection"
+
+
+def test_train_mini_forwards_its_arguments(monkeypatch):
+    seen = []
+    fake = types.ModuleType("memories_lib.mini.train")
+    fake.main = lambda argv: seen.append(argv) or 0
+    monkeypatch.setitem(sys.modules, "memories_lib.mini.train", fake)
+    assert cli.main(["train-mini", "--steps", "3", "--help"]) == 0
+    assert seen == [["--steps", "3", "--help"]]
+
+
+def test_usage_error_returns_instead_of_exiting(capsys):
+    assert cli.main(["frobnicate"]) == 2
+    assert "usage" in capsys.readouterr().err
+
+
+def test_console_script_reports_user_errors_without_traceback(root):
+    done = subprocess.run([*memories_command(), "run", "01_demo", "-p", "bogus", "1"],
+                          cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == cli.EXIT_USAGE
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("memories: error: unknown parameter 'bogus'")

@@ -1,0 +1,106 @@
+"""Profiles: the shipped ones load; unknown names and keys are errors; a profile is frozen."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from memories_lib.profile import PROFILES_DIR, ProfileError, list_profiles, load_profile
+
+TINY = PROFILES_DIR / "tiny.yaml"
+
+
+def _write(tmp_path: Path, raw: dict, name: str = "custom.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _tiny_raw() -> dict:
+    return yaml.safe_load(TINY.read_text())
+
+
+def test_list_profiles_matches_the_shipped_files():
+    names = list_profiles()
+    assert "tiny" in names
+    assert names == sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", list_profiles())
+def test_every_shipped_profile_loads(name):
+    profile = load_profile(name)
+    assert profile.name == name, "a profile's name must match its file name"
+    assert profile.description.strip()
+    assert profile.image_size > 0 and profile.num_inference_steps > 0
+    assert isinstance(profile.torch_dtype(), torch.dtype)
+    assert profile.resolve_device() in ("cpu", "cuda") or profile.resolve_device().startswith("cuda:")
+    for key in profile.parameters:
+        assert key.isidentifier(), f"profile {name}: parameter {key!r} is not a notebook variable name"
+
+
+def test_load_by_path_gives_the_same_profile():
+    assert load_profile(TINY) == load_profile("tiny")
+
+
+def test_unknown_profile_names_the_shipped_ones():
+    with pytest.raises(ProfileError, match="unknown profile 'no-such-world'") as info:
+        load_profile("no-such-world")
+    assert "tiny" in str(info.value)
+
+
+def test_unknown_top_level_key_is_an_error(tmp_path):
+    raw = _tiny_raw() | {"num_infrence_steps": 3}
+    with pytest.raises(ProfileError, match="num_infrence_steps"):
+        load_profile(_write(tmp_path, raw))
+
+
+def test_unknown_model_key_is_an_error(tmp_path):
+    raw = _tiny_raw()
+    raw["model"] = dict(raw["model"], weights="x")
+    with pytest.raises(ProfileError, match="weights"):
+        load_profile(_write(tmp_path, raw))
+
+
+def test_missing_key_is_an_error(tmp_path):
+    raw = _tiny_raw()
+    del raw["image_size"]
+    with pytest.raises(ProfileError, match="missing key.*image_size"):
+        load_profile(_write(tmp_path, raw))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"dtype": "int8"}, "dtype"),
+        ({"image_size": 0}, "positive"),
+        ({"model": {"kind": "huge"}}, "model.kind"),
+        ({"model": {"kind": "pretrained"}}, "model.source"),
+    ],
+)
+def test_invalid_values_are_errors(tmp_path, change, message):
+    with pytest.raises(ProfileError, match=message):
+        load_profile(_write(tmp_path, _tiny_raw() | change))
+
+
+def test_invalid_yaml_is_an_error(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: [unclosed\n")
+    with pytest.raises(ProfileError, match="not valid YAML"):
+        load_profile(path)
+
+
+def test_profile_is_frozen():
+    profile = load_profile("tiny")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        profile.seed = 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        profile.model.seed = 1
+    with pytest.raises(TypeError):
+        profile.parameters["num_steps"] = 1
+    with pytest.raises(TypeError):
+        profile.data["num_images"] = 1
+    assert isinstance(profile.concepts, tuple)

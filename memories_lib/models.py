@@ -42,11 +42,11 @@ class LDM:
 
     @property
     def device(self) -> torch.device:
-        return self.unet.device
+        return next(self.unet.parameters()).device  # cheaper than ModelMixin.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.unet.dtype
+        return next(self.unet.parameters()).dtype
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:

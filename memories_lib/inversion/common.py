@@ -19,6 +19,9 @@ class InversionResult:
     trajectory:     z_0 .. z_T, (T + 1, B, C, h, w), only when asked for.
     method:         the method's name ("ddim", "renoise", "nti", "edict").
     info:           method-specific extras (e.g. optimised null-text embeddings).
+    reconstruction_latents: the regenerated latents z_0' before decoding, (B, C, h, w),
+                    float32 on the CPU (None when regeneration was not asked for);
+                    z_0 vs z_0' is the inversion's own error, without the VAE's.
     """
 
     seeds: torch.Tensor
@@ -27,6 +30,7 @@ class InversionResult:
     trajectory: torch.Tensor | None = None
     method: str = "ddim"
     info: dict[str, Any] = field(default_factory=dict)
+    reconstruction_latents: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.seeds.shape[0]

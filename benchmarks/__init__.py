@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m benchmarks.run [name ...] [-- options]``; each ``bench_*.py`` has a ``main()``."""

@@ -1,0 +1,103 @@
+"""How well a concept is erased: generate from prompts, let a classifier judge, count.
+
+The UCE paper's object experiment generates images from prompts naming a class and counts
+how often a classifier (ResNet-50) still sees that class, for the erased class and for the
+others. :func:`judged_generations` does the generating and judging for any model and any
+classifier with a ``predict_proba(images01) -> {head: (N, K) probabilities}`` method (the
+shapes world's :class:`~memories_lib.mini.classifier.ShapesClassifier`); results go through
+the results store, keyed by the model's weights hash, the classifier's weights, the prompts
+and the sampling settings, so rerunning a chapter does not regenerate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ..models import LDM, hash_modules
+from ..store import Store, default_store
+
+
+@dataclass
+class JudgedGenerations:
+    """Images generated from ``prompts`` (one each) and the classifier's verdicts.
+
+    images: (N, 3, H, W) in [0, 1], float32 on the CPU.
+    proba:  head -> (N, K) class probabilities.
+    labels: head -> (N,) predicted label names (``label_names[head][argmax]``).
+    """
+
+    prompts: list[str]
+    images: torch.Tensor
+    proba: dict[str, torch.Tensor]
+    labels: dict[str, np.ndarray]
+
+    def accuracy(self, head: str, expected: str | Sequence[str]) -> float:
+        """Share of images whose ``head`` verdict equals ``expected`` (one label, or one per image)."""
+        if head not in self.labels:
+            raise ValueError(f"no classifier head {head!r}; heads: {sorted(self.labels)}")
+        want = np.asarray([expected] * len(self.prompts) if isinstance(expected, str) else list(expected))
+        if want.shape != self.labels[head].shape:
+            raise ValueError(f"{len(want)} expected labels for {len(self.prompts)} images")
+        return float((self.labels[head] == want).mean()) if len(want) else float("nan")
+
+    def share(self, head: str) -> dict[str, float]:
+        """How often each label of ``head`` was predicted (the distribution of verdicts)."""
+        values, counts = np.unique(self.labels[head], return_counts=True)
+        return {str(v): float(c) / len(self.prompts) for v, c in zip(values, counts)}
+
+
+def judged_generations(
+    ldm: LDM,
+    classifier: torch.nn.Module,
+    label_names: Mapping[str, Sequence[str]],
+    prompts: Sequence[str],
+    *,
+    seed: int,
+    num_steps: int,
+    guidance_scale: float,
+    batch_size: int = 64,
+    store: Store | None = None,
+    progress: bool = True,
+) -> JudgedGenerations:
+    """Generate one image per prompt (seeds from ``torch.Generator().manual_seed(seed)``) and classify them.
+
+    The same ``seed`` gives the same seeds z_T for every model, so base and erased models are
+    compared image for image. Cached in ``store`` (default: the project's results store).
+    """
+    from ..inversion.api import generate  # sampling lives with inversion
+
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("judged_generations needs at least one prompt")
+    store = store or default_store()
+    parts = {
+        "kind": "erasure/judged_generations",
+        "model": ldm.weights_hash(),
+        "classifier": hash_modules(classifier),
+        "prompts": prompts,
+        "seed": int(seed),
+        "num_steps": int(num_steps),
+        "guidance_scale": float(guidance_scale),
+    }
+
+    def compute():
+        generator = torch.Generator().manual_seed(int(seed))
+        _, images = generate(ldm, prompts, generator, num_steps, guidance_scale, batch_size=batch_size,
+                             progress=progress)
+        proba = classifier.predict_proba(images)
+        tensors = {"images": (images * 255).round().to(torch.uint8)}
+        tensors.update({f"proba.{head}": p.float().cpu() for head, p in proba.items()})
+        return tensors, {"n": len(prompts)}
+
+    entry = store.get_or_compute(parts, compute)
+    images = entry.tensors["images"].float() / 255
+    proba = {k.split(".", 1)[1]: v for k, v in entry.tensors.items() if k.startswith("proba.")}
+    unknown = sorted(set(proba) - set(label_names))
+    if unknown:
+        raise ValueError(f"the classifier has head(s) {unknown} that label_names does not name")
+    labels = {head: np.asarray(label_names[head])[p.argmax(-1).numpy()] for head, p in proba.items()}
+    return JudgedGenerations(prompts=prompts, images=images, proba=proba, labels=labels)

@@ -1,0 +1,36 @@
+"""The embedded shapes world: a procedural data set and the models this project trains on it.
+
+``data``   deterministic images of coloured shapes on patterned backgrounds, with captions;
+``train``  training of the world's latent diffusion model, classifier and contrastive model,
+           cached by a hash of the training config (``ensure_trained``).
+"""
+
+from .data import (
+    BACKGROUND_WORDS,
+    BACKGROUNDS,
+    COLOURS,
+    SHAPES,
+    ShapeSpec,
+    caption,
+    labels,
+    make_dataset,
+    prompt,
+    render,
+    sample_specs,
+    vocabulary,
+)
+
+__all__ = [
+    "BACKGROUND_WORDS",
+    "BACKGROUNDS",
+    "COLOURS",
+    "SHAPES",
+    "ShapeSpec",
+    "caption",
+    "labels",
+    "make_dataset",
+    "prompt",
+    "render",
+    "sample_specs",
+    "vocabulary",
+]

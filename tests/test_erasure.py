@@ -1,0 +1,383 @@
+"""UCE, ESD and cached erased variants on a tiny random SD-layout model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from memories_lib.erasure import (
+    ESDConfig,
+    cross_attention_projections,
+    erased_model,
+    esd_erase,
+    esd_parameter_names,
+    read_variant_info,
+    token_embeddings,
+    uce_debias,
+    uce_erase,
+    uce_moderate,
+    variant_path,
+)
+from memories_lib.erasure import variants as variants_module
+from memories_lib.models import build_tiny_ldm, hash_modules, load_ldm
+
+ERASE, GUIDE = "a triangle", "a circle"
+PRESERVE = ["a star", "a square", "a red cross"]
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEMORIES_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def ldm(tmp_path_factory):
+    return load_ldm(build_tiny_ldm(tmp_path_factory.mktemp("tiny") / "m", seed=0, image_size=32))
+
+
+def _last_token(ldm, prompts):
+    hidden, last = token_embeddings(ldm.text_encoder, ldm.tokenizer, prompts)
+    return torch.stack([hidden[i, last[i]] for i in range(len(prompts))]).double()
+
+
+def _is_cross_kv_weight(name: str) -> bool:
+    return ".attn2.to_k.weight" in name or ".attn2.to_v.weight" in name
+
+
+# --------------------------------------------------------------------------- UCE
+
+
+@pytest.fixture(scope="module")
+def erased(ldm):
+    before = hash_modules(ldm.unet)
+    result = uce_erase(ldm.unet, ldm.text_encoder, ldm.tokenizer, ERASE, guides=GUIDE, preserve=PRESERVE)
+    assert hash_modules(ldm.unet) == before, "uce_erase modified its input UNet"
+    return result
+
+
+def test_uce_changes_only_cross_attention_keys_and_values(ldm, erased):
+    old = dict(ldm.unet.named_parameters())
+    new = dict(erased.unet.named_parameters())
+    assert erased.unet is not ldm.unet
+    kv = sorted(n for n in old if _is_cross_kv_weight(n))
+    assert len(kv) == 8  # 4 cross-attention blocks in the tiny UNet, to_k and to_v each
+    assert sorted(erased.edited) == kv
+    for name, param in old.items():
+        if _is_cross_kv_weight(name):
+            assert not torch.equal(param, new[name]), f"{name} was not edited"
+            assert torch.equal(erased.edited[name], new[name])
+        else:
+            assert torch.equal(param, new[name]), f"{name} changed although it is not a cross-attention k/v weight"
+    for name, buf in ldm.unet.named_buffers():
+        assert torch.equal(buf, dict(erased.unet.named_buffers())[name])
+
+
+def test_uce_weight_is_the_minimiser_of_its_objective(ldm, erased):
+    """The gradient of lambda|W-W0|^2 + |W c_e - W0 c_g|^2 + |W C_p - W0 C_p|^2 vanishes at the edit."""
+    c_e, c_g = _last_token(ldm, [ERASE, GUIDE])
+    c_p = _last_token(ldm, PRESERVE)
+    lamb = erased.info["lamb"]
+    old = cross_attention_projections(ldm.unet)
+    new = cross_attention_projections(erased.unet)
+    for name in old:
+        w0, w = old[name].weight.double(), new[name].weight.double()
+
+        def grad(m):
+            return (
+                lamb * (m - w0)
+                + torch.outer(m @ c_e - w0 @ c_g, c_e)
+                + (m @ c_p.T - w0 @ c_p.T) @ c_p
+            )
+
+        scale = grad(w0).norm()
+        assert scale > 1e-3, "the erased and guide concepts should differ in the old model"
+        assert grad(w).norm() < 1e-4 * scale, name
+
+
+def test_uce_maps_the_erased_concept_to_the_guide_and_keeps_the_preserved(ldm, erased):
+    """Tolerances: the tiny encoder's embeddings are nearly collinear (cosine ~0.95), lambda = 0.5."""
+    c_e, c_g = _last_token(ldm, [ERASE, GUIDE])
+    c_p = _last_token(ldm, PRESERVE)
+    old = cross_attention_projections(ldm.unet)
+    new = cross_attention_projections(erased.unet)
+    for name in old:
+        w0, w = old[name].weight.double(), new[name].weight.double()
+        target = w0 @ c_g
+        before = (w0 @ c_e - target).norm() / target.norm()
+        after = (w @ c_e - target).norm() / target.norm()
+        assert after < 0.08, f"{name}: erased output is {after:.3f} (relative) from the guide's"
+        assert after < 0.25 * before, f"{name}: only moved from {before:.3f} to {after:.3f}"
+        kept = ((w @ c_p.T - w0 @ c_p.T).norm(dim=0) / (w0 @ c_p.T).norm(dim=0)).max()
+        assert kept < 0.05, f"{name}: a preserved concept moved by {kept:.3f} (relative)"
+
+
+def test_uce_moderation_guides_towards_the_empty_prompt(ldm):
+    result = uce_moderate(ldm.unet, ldm.text_encoder, ldm.tokenizer, [ERASE], lamb=1e-6, projections=("to_v",))
+    assert result.method == "moderate"
+    assert all(name.endswith("attn2.to_v.weight") for name in result.edited)
+    c_e, c_empty = _last_token(ldm, [ERASE, ""])
+    for name, layer in cross_attention_projections(ldm.unet, ("to_v",)).items():
+        w = result.edited[f"{name}.weight"].double()
+        target = layer.weight.double() @ c_empty
+        # With lambda -> 0 and no preserved prompts the erased key maps exactly onto the guide.
+        assert torch.allclose(w @ c_e, target, atol=1e-4 * target.norm())
+
+
+def test_uce_rejects_bad_requests(ldm):
+    with pytest.raises(ValueError, match="guides"):
+        uce_erase(ldm.unet, ldm.text_encoder, ldm.tokenizer, ["a star", "a cross"], guides=["a", "b", "c"])
+    with pytest.raises(ValueError, match="both erased and preserved"):
+        uce_erase(ldm.unet, ldm.text_encoder, ldm.tokenizer, ERASE, preserve=[ERASE])
+    with pytest.raises(ValueError, match="token"):
+        uce_erase(ldm.unet, ldm.text_encoder, ldm.tokenizer, ERASE, token="first")
+    with pytest.raises(ValueError, match="projections"):
+        uce_erase(ldm.unet, ldm.text_encoder, ldm.tokenizer, ERASE, projections=("to_q",))
+
+
+def test_uce_tail_tokens_edit_every_position_after_the_concept(ldm):
+    result = uce_erase(ldm.unet, ldm.text_encoder, ldm.tokenizer, ERASE, guides=GUIDE, token="tail", lamb=1e-6)
+    hidden, last = token_embeddings(ldm.text_encoder, ldm.tokenizer, [ERASE, GUIDE])
+    assert last == [2, 2]  # "<bos> a triangle <eos>": the concept word is at position 2
+    name = next(iter(cross_attention_projections(ldm.unet)))
+    w0 = cross_attention_projections(ldm.unet)[name].weight.double()
+    w = result.edited[f"{name}.weight"].double()
+    keys, guides = hidden[0, 2:].double(), hidden[1, 2:].double()
+    # 14 key rows in 32 dimensions with lambda ~ 0: every row maps onto its guide row.
+    err = (keys @ w.T - guides @ w0.T).norm(dim=1) / (guides @ w0.T).norm(dim=1)
+    assert err.max() < 1e-3
+
+
+def _ratio_probe(ldm):
+    """A stand-in for a classifier: how strongly the mid-block value of "a shape" points to red vs blue."""
+    name = "mid_block.attentions.0.transformer_blocks.0.attn2.to_v"
+    c, red, blue = _last_token(ldm, ["a shape", "red", "blue"]).float()
+    w0 = cross_attention_projections(ldm.unet)[name].weight.detach().clone()
+    directions = torch.stack([w0 @ red, w0 @ blue])
+    calls = []
+
+    def measure(unet):
+        calls.append(1)
+        w = cross_attention_projections(unet)[name].weight.detach()
+        score = directions @ (w @ c)
+        p = torch.softmax((score - score.mean()) / 0.5, dim=0)
+        return {"red": float(p[0]), "blue": float(p[1])}
+
+    return measure, calls
+
+
+def test_uce_debias_reaches_the_desired_ratio(ldm):
+    measure, calls = _ratio_probe(ldm)
+    start = measure(ldm.unet)
+    assert abs(start["red"] - 0.5) > 0.3, "the probe should start far from balanced"
+    calls.clear()
+    result = uce_debias(
+        ldm.unet, ldm.text_encoder, ldm.tokenizer, "a shape", ["red", "blue"], measure, progress=False
+    )
+    assert result.info["converged"]
+    assert len(result.history) == len(calls) <= 31
+    assert len(result.history) >= 2
+    final = measure(result.unet)
+    assert final == result.history[-1]["ratios"]["a shape"]
+    assert abs(final["red"] - 0.5) < 0.05 and abs(final["blue"] - 0.5) < 0.05
+    # The edit raised blue's weight and lowered red's.
+    alphas = result.history[-1]["alphas"]["a shape"]
+    assert alphas["blue"] > 0 > alphas["red"]
+    assert sorted(result.edited) == sorted(n for n, _ in ldm.unet.named_parameters() if _is_cross_kv_weight(n))
+
+
+def test_uce_debias_leaves_a_balanced_model_alone(ldm):
+    measure, _ = _ratio_probe(ldm)
+    result = uce_debias(
+        ldm.unet, ldm.text_encoder, ldm.tokenizer, "a shape", ["red", "blue"], measure, max_diff=1.0, progress=False
+    )
+    assert result.info["converged"] and len(result.history) == 1 and result.edited == {}
+    assert result.unet is not ldm.unet
+    assert hash_modules(result.unet) == hash_modules(ldm.unet)
+    with pytest.raises(ValueError, match="no ratio for attribute"):
+        uce_debias(ldm.unet, ldm.text_encoder, ldm.tokenizer, "a shape", ["red", "green"], measure, progress=False)
+
+
+# --------------------------------------------------------------------------- ESD
+
+
+@pytest.mark.parametrize("method", ["esd-x", "esd-u"])
+def test_esd_trains_only_its_parameter_set(ldm, method):
+    before = hash_modules(ldm.unet)
+    config = ESDConfig(method=method, iterations=3, lr=1e-3, ddim_steps=4)
+    result = esd_erase(
+        ldm.unet, ldm.text_encoder, ldm.tokenizer, ldm.scheduler, ERASE, config,
+        generator=torch.Generator().manual_seed(0), progress=False,
+    )
+    assert hash_modules(ldm.unet) == before, "ESD modified the frozen UNet"
+    assert len(result.losses) == 3 and all(torch.isfinite(torch.tensor(result.losses)))
+    assert all(0 <= k < 4 for k in result.steps)
+    old, new = dict(ldm.unet.named_parameters()), dict(result.unet.named_parameters())
+    changed = {n for n in old if not torch.equal(old[n], new[n])}
+    assert changed, "no parameter changed"
+    assert changed <= set(result.trained) == set(esd_parameter_names(ldm.unet, method))
+    if method == "esd-x":
+        assert all("attn2." in n for n in changed)
+    else:
+        assert not any("attn2." in n for n in changed)
+        assert not any(n.startswith(("time_embedding.", "conv_out.", "conv_norm_out.")) for n in changed)
+    assert not any(p.requires_grad for p in result.unet.parameters())
+
+
+def test_esd_moves_the_concept_prediction_towards_the_negative_guidance_target(ldm):
+    """After training, the student's prediction for the concept is closer to e_0 - (e_c - e_0)."""
+    from memories_lib.models import encode_prompts
+
+    gen = torch.Generator().manual_seed(1)
+    z = torch.randn(4, 4, 8, 8, generator=gen)
+    cond, uncond = encode_prompts(ldm, [ERASE, ""]).chunk(2)
+    cond, uncond = cond.expand(4, -1, -1), uncond.expand(4, -1, -1)
+
+    def gap(unet):
+        total = 0.0
+        with torch.no_grad():
+            for t in (900, 500, 100):
+                e_0 = ldm.unet(z, t, encoder_hidden_states=uncond).sample
+                e_c = ldm.unet(z, t, encoder_hidden_states=cond).sample
+                total += torch.nn.functional.mse_loss(unet(z, t, encoder_hidden_states=cond).sample, 2 * e_0 - e_c).item()
+        return total
+
+    config = ESDConfig(method="esd-x", iterations=20, lr=1e-3, ddim_steps=4)
+    result = esd_erase(
+        ldm.unet, ldm.text_encoder, ldm.tokenizer, ldm.scheduler, ERASE, config,
+        generator=torch.Generator().manual_seed(0), progress=False,
+    )
+    assert gap(result.unet) < 0.5 * gap(ldm.unet)
+
+
+def test_esd_is_deterministic_given_the_generator(ldm):
+    config = ESDConfig(method="esd-x", iterations=2, lr=1e-3, ddim_steps=3)
+    runs = [
+        esd_erase(ldm.unet, ldm.text_encoder, ldm.tokenizer, ldm.scheduler, ERASE, config,
+                  generator=torch.Generator().manual_seed(7), progress=False)
+        for _ in range(2)
+    ]
+    assert runs[0].losses == runs[1].losses and runs[0].steps == runs[1].steps
+    assert hash_modules(runs[0].unet) == hash_modules(runs[1].unet)
+
+
+def test_esd_config_is_validated():
+    with pytest.raises(ValueError, match="esd-x"):
+        ESDConfig(method="esd-all")
+    with pytest.raises(ValueError, match="learning rate"):
+        ESDConfig(lr=0)
+
+
+# --------------------------------------------------------------------------- cached variants
+
+
+def test_erased_variant_is_saved_loadable_and_reused(ldm, monkeypatch, tmp_path):
+    params = {"guides": GUIDE, "preserve": PRESERVE}
+    first = erased_model(ldm, "uce", [ERASE], params, progress=False)
+    assert not first.from_cache
+    assert first.path.parent == tmp_path / "cache" / "erased"
+    assert first.path == variant_path(ldm, "uce", [ERASE], params)
+    info = read_variant_info(first.path)
+    assert info["base_hash"] == ldm.weights_hash() and info["params"]["lamb"] == 0.5
+    assert len(info["edited"]) == 8
+
+    loaded = load_ldm(first.path)
+    direct = uce_erase(ldm.unet, ldm.text_encoder, ldm.tokenizer, [ERASE], guides=GUIDE, preserve=PRESERVE)
+    assert hash_modules(loaded.unet) == hash_modules(direct.unet)
+    assert hash_modules(loaded.text_encoder) == hash_modules(ldm.text_encoder)
+    assert hash_modules(loaded.vae) == hash_modules(ldm.vae)
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the cached variant was recomputed")
+
+    monkeypatch.setattr(variants_module, "uce_erase", boom)
+    second = erased_model(ldm, "uce", [ERASE], params, progress=False)
+    assert second.from_cache and second.path == first.path and second.info == info
+
+    # Any parameter change is a different variant (and would be computed).
+    other = variant_path(ldm, "uce", [ERASE], {**params, "lamb": 0.1})
+    assert other != first.path
+    with pytest.raises(AssertionError, match="recomputed"):
+        erased_model(ldm, "uce", [ERASE], {**params, "lamb": 0.1}, progress=False)
+
+
+def test_esd_variant_records_its_losses(ldm):
+    variant = erased_model(ldm, "esd-u", ERASE, {"iterations": 2, "lr": 1e-4, "ddim_steps": 2, "seed": 3}, progress=False)
+    assert variant.info["params"]["negative_guidance"] == 1.0 and len(variant.info["losses"]) == 2
+    assert erased_model(ldm, "esd-u", ERASE, {"iterations": 2, "lr": 1e-4, "ddim_steps": 2, "seed": 3}).from_cache
+
+
+def test_erased_model_rejects_bad_requests(ldm):
+    with pytest.raises(ValueError, match="unknown erasure method"):
+        erased_model(ldm, "fmn", ERASE)
+    with pytest.raises(ValueError, match="unknown parameter"):
+        erased_model(ldm, "uce", ERASE, {"lambda": 0.5})
+    with pytest.raises(ValueError, match="needs the parameter"):
+        erased_model(ldm, "uce-debias", "a shape", {"attributes": ["red", "blue"]})
+    with pytest.raises(ValueError, match="one concept"):
+        erased_model(ldm, "esd-x", [ERASE, GUIDE], {"iterations": 1})
+
+
+# --------------------------------------------------------------------------- judging generations
+
+
+def test_judged_generations_are_classified_and_cached(ldm, tmp_path, monkeypatch):
+    from memories_lib.erasure.evaluate import judged_generations
+    from memories_lib.inversion import api
+    from memories_lib.mini.classifier import HEADS, ShapesClassifier
+    from memories_lib.store import Store
+
+    torch.manual_seed(0)
+    classifier = ShapesClassifier(channels=(4, 4)).eval()
+    store = Store(tmp_path / "store")
+    prompts = ["a red triangle", "a blue star", "a circle"]
+    kwargs = dict(seed=3, num_steps=2, guidance_scale=2.0, store=store, progress=False)
+    first = judged_generations(ldm, classifier, HEADS, prompts, **kwargs)
+    assert first.images.shape == (3, 3, 32, 32) and 0 <= first.images.min() and first.images.max() <= 1
+    assert set(first.labels) == set(HEADS) and first.proba["shape"].shape == (3, len(HEADS["shape"]))
+    expected = first.proba["shape"].argmax(-1)
+    assert list(first.labels["shape"]) == [HEADS["shape"][i] for i in expected]
+    shape = first.labels["shape"][0]
+    assert first.accuracy("shape", shape) == pytest.approx((first.labels["shape"] == shape).mean())
+    assert sum(first.share("colour").values()) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="no classifier head"):
+        first.accuracy("size", "big")
+
+    def boom(*args, **kwargs):
+        raise AssertionError("regenerated although the result is stored")
+
+    monkeypatch.setattr(api, "generate", boom)
+    again = judged_generations(ldm, classifier, HEADS, prompts, **kwargs)
+    assert torch.equal(again.images, first.images) and list(again.labels["colour"]) == list(first.labels["colour"])
+    with pytest.raises(AssertionError, match="regenerated"):
+        judged_generations(ldm, classifier, HEADS, prompts, **{**kwargs, "seed": 4})
+
+
+# --------------------------------------------------------------------------- concepts
+
+
+def test_concept_prompts_follow_the_caption_grammar():
+    from memories_lib.erasure import concept_prompts
+
+    tri = concept_prompts("triangle")
+    assert (tri.prompt, tri.guide) == ("a triangle", "a shape")
+    assert tri.preserve == ("a circle", "a square", "a star", "a cross")
+    stripes = concept_prompts("stripes")
+    assert stripes.prompt == "a shape on a striped background" and stripes.guide == "a shape"
+    assert stripes.preserve == ("a shape on a plain background", "a shape on a dotted background")
+    church = concept_prompts("church")  # not a shapes-world concept: the official object defaults
+    assert (church.prompt, church.guide, church.preserve) == ("church", "", ())
+    with pytest.raises(ValueError, match="non-empty"):
+        concept_prompts(" ")
+
+
+def test_erase_concept_fills_in_the_concept_prompts(ldm):
+    from memories_lib.erasure import erase_concept
+
+    variant = erase_concept(ldm, "uce", "triangle", progress=False)
+    assert variant.concepts == ("a triangle",)
+    assert variant.params["guides"] == "a shape" and variant.params["preserve"][0] == "a circle"
+    assert erase_concept(ldm, "uce", "triangle").from_cache
+    own = erase_concept(ldm, "uce", "triangle", {"guides": "", "preserve": []}, progress=False)
+    assert own.path != variant.path and own.params["guides"] == ""
+    esd = erase_concept(ldm, "esd-x", "stripes", {"iterations": 1, "ddim_steps": 2}, progress=False)
+    assert esd.concepts == ("a shape on a striped background",) and "preserve" not in esd.params

@@ -1,0 +1,306 @@
+"""The shapes world: data determinism, captions, training configs, the training cache and its stages."""
+
+from __future__ import annotations
+
+
+import numpy as np
+import pytest
+import torch
+
+from memories_lib.mini import data
+from memories_lib.mini.classifier import HEADS, ShapesClassifier, attribute_of
+from memories_lib.mini.config import ConfigError, PRESETS, config_hash, latent_shape, resolve_config
+from memories_lib.mini.data import (
+    BACKGROUNDS,
+    COLOURS,
+    SHAPES,
+    ShapeSpec,
+    caption,
+    labels,
+    make_dataset,
+    prompt,
+    render,
+    sample_specs,
+    vocabulary,
+)
+from memories_lib.models import hash_modules, load_ldm
+from memories_lib.profile import load_profile, parse_profile
+
+# --------------------------------------------------------------------------- data
+
+
+def test_same_seed_gives_the_same_bytes_and_another_seed_differs():
+    a, specs_a = make_dataset(12, 32, seed=3)
+    b, specs_b = make_dataset(12, 32, seed=3)
+    c, _ = make_dataset(12, 32, seed=4)
+    assert a.dtype == torch.float32 and a.shape == (12, 3, 32, 32)
+    assert a.numpy().tobytes() == b.numpy().tobytes() and specs_a == specs_b
+    assert not torch.equal(a, c)
+    assert 0.0 <= float(a.min()) and float(a.max()) <= 1.0
+
+
+def test_a_numpy_generator_is_advanced_in_place():
+    rng = np.random.default_rng(0)
+    first, second = sample_specs(5, rng), sample_specs(5, rng)
+    assert first != second
+    assert sample_specs(5, np.random.default_rng(0)) == first
+    with pytest.raises(ValueError, match="int seed or a numpy Generator"):
+        sample_specs(3, "seed")
+
+
+def test_captions_name_shape_colour_and_background():
+    assert caption(ShapeSpec("triangle", "red", "stripes")) == "a red triangle on a striped background"
+    assert caption(ShapeSpec("star", "orange", "dots")) == "an orange star on a dotted background"
+    assert ShapeSpec("circle", "blue", "plain").caption == "a blue circle on a plain background"
+    assert prompt("star") == "a star"
+    assert prompt(colour="red") == "a red shape"
+    assert prompt(background="dots") == "a shape on a dotted background"
+    assert prompt("cross", background="plain") == "a cross on a plain background"
+    with pytest.raises(ValueError, match="unknown shape"):
+        prompt("hexagon")
+    with pytest.raises(ValueError, match="unknown colour"):
+        ShapeSpec("star", "pink", "plain")
+
+
+def test_the_vocabulary_covers_every_caption_and_prompt():
+    words = set(vocabulary())
+    assert list(vocabulary()) == sorted(words)
+    texts = [caption(s) for s in sample_specs(200, 1)]
+    texts += [prompt(s, c, b) for s in (None, *SHAPES) for c in (None, *COLOURS) for b in (None, *BACKGROUNDS)]
+    assert set(" ".join(texts).split()) <= words
+
+
+def test_subsets_and_labels():
+    specs = sample_specs(40, 2, shapes=["star", "cross"], colours=["green"], backgrounds=["dots"])
+    assert {s.shape for s in specs} == {"star", "cross"} and {s.colour for s in specs} == {"green"}
+    assert {s.background for s in specs} == {"dots"}
+    lab = labels(specs)
+    assert [SHAPES[i] for i in lab["shape"]] == [s.shape for s in specs]
+    assert set(lab["colour"].tolist()) == {COLOURS.index("green")}
+    with pytest.raises(ValueError, match="non-empty subset"):
+        sample_specs(3, 0, shapes=["hexagon"])
+
+
+def test_render_draws_the_shape_in_its_colour_on_its_background():
+    spec = ShapeSpec("circle", "blue", "plain", cx=0.5, cy=0.5, radius=0.3, bg_level=0.1)
+    img = render(spec, 32)
+    assert img.shape == (3, 32, 32)
+    centre = img[:, 16, 16] * 255
+    assert torch.allclose(centre, torch.tensor(data.COLOUR_RGB["blue"], dtype=torch.float32), atol=1.5)
+    assert torch.allclose(img[:, 0, 0], torch.full((3,), 0.1), atol=1 / 255)
+    striped = render(ShapeSpec("circle", "blue", "stripes", bg_level=0.1, pattern_contrast=0.2), 32)
+    corner_rows = striped[0, :4, :].flatten()
+    assert float(corner_rows.max() - corner_rows.min()) > 0.15  # two grey levels
+    square = render(ShapeSpec("square", "blue", "plain"), 32)
+    circle = render(ShapeSpec("circle", "blue", "plain"), 32)
+    assert not torch.equal(square, circle)
+    assert render(spec, 48).shape == (3, 48, 48)
+
+
+def test_concepts_map_to_classifier_heads():
+    assert attribute_of("triangle") == "shape" and attribute_of("stripes") == "background"
+    assert attribute_of("red") == "colour"
+    with pytest.raises(ValueError, match="unknown concept"):
+        attribute_of("church")
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def test_configs_resolve_from_presets_and_overrides():
+    assert resolve_config(None) == PRESETS["full"] == resolve_config({"preset": "full"})
+    assert resolve_config("tiny") == resolve_config({"preset": "tiny"})
+    assert config_hash("tiny") == config_hash({"preset": "tiny"}) == config_hash(resolve_config("tiny"))
+    changed = resolve_config({"preset": "tiny", "unet": {"steps": 5}})
+    assert changed["unet"]["steps"] == 5 and changed["unet"]["lr"] == PRESETS["tiny"]["unet"]["lr"]
+    assert config_hash(changed) != config_hash("tiny")
+    assert latent_shape("full") == (4, 8, 8)
+    with pytest.raises(ConfigError, match="unknown training config key .unet.stepz."):
+        resolve_config({"unet": {"stepz": 3}})
+    with pytest.raises(ConfigError, match="unknown training preset"):
+        resolve_config("huge")
+    with pytest.raises(ConfigError, match="divisible"):
+        resolve_config({"preset": "tiny", "image_size": 30})
+
+
+def test_the_mini_profile_names_the_full_config_and_its_latent_dimension():
+    profile = load_profile("mini")
+    assert profile.model.kind == "mini"
+    assert resolve_config(dict(profile.model.config)) == resolve_config("full")
+    c, h, w = latent_shape(dict(profile.model.config))
+    assert profile.parameters["latent_dim"] == c * h * w == 256
+    assert profile.image_size == resolve_config("full")["image_size"]
+    for concept in profile.concepts:
+        attribute_of(concept)
+
+
+# --------------------------------------------------------------------------- training and its cache
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The tiny config trained once into a private cache root."""
+    from memories_lib.mini import train
+
+    root = tmp_path_factory.mktemp("mini_cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEMORIES_MINI_CACHE", str(root))
+        path = train.ensure_trained("tiny", threads=1, progress=False)
+        yield root, path
+
+
+@pytest.fixture
+def mini_cache(trained, monkeypatch):
+    monkeypatch.setenv("MEMORIES_MINI_CACHE", str(trained[0]))
+    return trained
+
+
+def test_training_writes_a_loadable_diffusers_folder(mini_cache):
+    from memories_lib.mini import train
+
+    root, path = mini_cache
+    assert path == root / config_hash("tiny") / "ldm"
+    assert (path / "model_index.json").is_file()
+    ldm = load_ldm(path)
+    assert ldm.latent_shape == latent_shape("tiny")
+    assert type(ldm.unet).__name__ == "UNet2DConditionModel" and ldm.unet.config.cross_attention_dim == 16
+    assert ldm.scheduler.config.beta_schedule == "scaled_linear"
+    assert ldm.scheduler.config.beta_start == 0.00085 and ldm.scheduler.config.beta_end == 0.012
+    report = train.training_report("tiny")
+    assert set(report) == set(train.STAGES)
+    assert ldm.vae.config.scaling_factor == pytest.approx(1 / report["vae"]["latent_std"])
+    ids = ldm.tokenizer(prompt("star", "red", "dots")).input_ids
+    assert ldm.tokenizer.unk_token_id not in ids
+
+
+def test_classifier_and_contrastive_model_load_from_the_cache(mini_cache):
+    from memories_lib.mini import train
+
+    images, _ = make_dataset(5, 32, seed=9)
+    classifier = train.load_classifier("tiny")
+    predicted = classifier.predict(images)
+    assert set(predicted) == set(HEADS)
+    for head, names in predicted.items():
+        assert names.shape == (5,) and set(names) <= set(HEADS[head])
+    proba = classifier.predict_proba(images)
+    assert torch.allclose(proba["colour"].sum(-1), torch.ones(5), atol=1e-5)
+    clip = train.load_contrastive("tiny")
+    sim = clip.similarity(images, ["a star", "a red shape on a dotted background"])
+    assert sim.shape == (5, 2) and float(sim.abs().max()) <= 1.0 + 1e-5
+    with pytest.raises(ValueError, match="vocabulary"):
+        clip.similarity(images, ["a church"])
+
+
+def test_a_second_call_reuses_the_cache(mini_cache, monkeypatch):
+    from memories_lib.mini import train
+
+    root, path = mini_cache
+    folder = path.parent
+    mtimes = {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+    def boom(*args, **kwargs):
+        raise AssertionError("retrained a cached stage")
+
+    for name in ("train_vae", "train_text_unet", "train_classifier", "train_contrastive"):
+        monkeypatch.setattr(train, name, boom)
+    assert train.ensure_trained({"preset": "tiny"}, threads=1, progress=False) == path
+    train.load_classifier("tiny")
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()} == mtimes
+
+
+def test_a_missing_stage_is_trained_alone(mini_cache, monkeypatch):
+    import shutil
+
+    from memories_lib.mini import train
+
+    root, path = mini_cache
+    classifier_dir = train.stage_path("tiny", "classifier")
+    before = hash_modules(ShapesClassifier.load(classifier_dir))
+    ldm_mtime = (path / "model_index.json").stat().st_mtime_ns
+    shutil.rmtree(classifier_dir)
+    assert train.missing_stages("tiny") == ["classifier"]
+    calls = []
+    real = train.train_classifier
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_classifier", counting)
+    for name in ("train_vae", "train_text_unet", "train_contrastive"):
+        monkeypatch.setattr(train, name, lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
+    train.ensure_trained("tiny", threads=1, progress=False)
+    assert calls == [1] and train.missing_stages("tiny") == []
+    assert (path / "model_index.json").stat().st_mtime_ns == ldm_mtime
+    # Deterministic given the config's seed: the retrained classifier has the same weights.
+    assert hash_modules(ShapesClassifier.load(classifier_dir)) == before
+    assert not [p for p in classifier_dir.parent.iterdir() if p.name.startswith(".classifier-")]
+
+
+def test_training_is_deterministic_given_the_seed(mini_cache, tmp_path, monkeypatch):
+    from memories_lib.mini import train
+
+    _, path = mini_cache
+    monkeypatch.setenv("MEMORIES_MINI_CACHE", str(tmp_path / "other"))
+    again = train.ensure_trained("tiny", stages=("unet",), threads=1, progress=False)
+    assert again != path and train.missing_stages("tiny") == ["classifier", "contrastive"]
+    first, second = load_ldm(path), load_ldm(again)
+    assert first.weights_hash() == second.weights_hash()
+
+
+def test_unknown_stages_are_refused():
+    from memories_lib.mini import train
+
+    with pytest.raises(ValueError, match="unknown training stage"):
+        train.ensure_trained("tiny", stages=("vae", "gan"))
+
+
+def test_world_config_comes_from_the_profile(tmp_path):
+    from memories_lib.mini.train import world_config
+
+    base = {"name": "x", "description": "", "image_size": 32, "num_inference_steps": 2}
+    tiny = parse_profile({**base, "model": {"kind": "tiny"}, "data": {"world": "tiny"}})
+    assert world_config(tiny) == resolve_config("tiny")
+    mini = parse_profile({**base, "model": {"kind": "mini", "config": {"preset": "tiny", "unet": {"steps": 4}}}})
+    assert world_config(mini)["unet"]["steps"] == 4
+    with pytest.raises(ValueError, match="names no shapes-world config"):
+        world_config(parse_profile({**base, "model": {"kind": "tiny"}}))
+
+
+def test_generations_are_judged_per_attribute(mini_cache, monkeypatch):
+    from memories_lib.inversion import api
+    from memories_lib.mini import train
+    from memories_lib.mini.evaluate import judge_generations, prompt_grid, vae_reconstruct
+
+    _, path = mini_cache
+    ldm = load_ldm(path)
+    grid = prompt_grid(shapes=["star", "cross"], colours=["red"], backgrounds=[None])
+    assert [p for p, _ in grid] == ["a red star", "a red cross"]
+    judged = judge_generations(ldm, train.load_classifier("tiny"), grid, 2, seed=0, num_steps=2,
+                               guidance_scale=3.0, progress=False)
+    assert judged.images.shape == (4, 3, 32, 32) and len(judged.table) == 4
+    acc = judged.accuracy()
+    expected = float((judged.table["pred_shape"] == judged.table["shape"]).mean())
+    assert acc["shape"] == pytest.approx(expected)
+    assert np.isnan(acc["background"])  # no prompt named a background
+    assert list(judged.accuracy_by("shape").index) == ["cross", "star"]
+
+    def boom(*args, **kwargs):
+        raise AssertionError("generated again although the results store holds them")
+
+    monkeypatch.setattr(api, "generate", boom)
+    again = judge_generations(ldm, train.load_classifier("tiny"), grid, 2, seed=0, num_steps=2,
+                              guidance_scale=3.0, progress=False)
+    assert torch.equal(again.images, judged.images) and again.table.equals(judged.table)
+    with pytest.raises(AssertionError, match="generated again"):
+        judge_generations(ldm, train.load_classifier("tiny"), grid, 2, seed=1, num_steps=2, progress=False)
+    rec = vae_reconstruct(ldm, make_dataset(3, 32, seed=0)[0])
+    assert rec.shape == (3, 3, 32, 32)
+
+
+def test_the_cli_trains_and_reports(mini_cache, capsys):
+    from memories_lib.mini import train
+
+    assert train.main(["--config", "tiny", "--quiet", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert config_hash("tiny") in out and "eval_psnr_mean" in out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 
 import numpy as np
 import pytest
@@ -304,3 +305,17 @@ def test_the_cli_trains_and_reports(mini_cache, capsys):
     assert train.main(["--config", "tiny", "--quiet", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert config_hash("tiny") in out and "eval_psnr_mean" in out
+
+
+def test_training_threads_are_fixed_not_read_from_the_load(monkeypatch):
+    from memories_lib.mini import train
+
+    monkeypatch.delenv("MEMORIES_THREADS", raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (5.0, 5.0, 5.0))  # a busy machine changes nothing
+    assert train.default_threads() == (os.cpu_count() or 1)
+    monkeypatch.setenv("MEMORIES_THREADS", "1")
+    assert train.default_threads() == 1
+    for bad in ("0", "two", "-3"):
+        monkeypatch.setenv("MEMORIES_THREADS", bad)
+        with pytest.raises(ValueError, match="MEMORIES_THREADS"):
+            train.default_threads()

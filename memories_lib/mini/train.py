@@ -121,19 +121,23 @@ def _write_stage(target: Path, write: Callable[[Path], None], metrics: Mapping[s
 
 
 def default_threads() -> int:
-    """Torch CPU threads for training: ``$MEMORIES_THREADS``, else the cores that are not busy.
+    """Torch CPU threads for training: ``$MEMORIES_THREADS``, else every core of the machine.
 
-    On a shared machine, more threads than idle cores makes every step several times
-    slower (threads wait on each other), so the 1-minute load average is subtracted.
+    The count is fixed rather than read from the machine's load, because floating-point
+    results are bit-for-bit reproducible only for a given thread count. On a machine that
+    other processes keep busy, set ``MEMORIES_THREADS=1``: oversubscribed threads wait on
+    each other and can make every step several times slower.
     """
-    if os.environ.get("MEMORIES_THREADS"):
-        return max(1, int(os.environ["MEMORIES_THREADS"]))
-    cores = os.cpu_count() or 1
-    try:
-        busy = int(os.getloadavg()[0])
-    except OSError:
-        busy = 0
-    return max(1, min(cores, cores - busy))
+    value = os.environ.get("MEMORIES_THREADS", "").strip()
+    if value:
+        try:
+            threads = int(value)
+        except ValueError:
+            raise ValueError(f"MEMORIES_THREADS must be a positive integer, got {value!r}") from None
+        if threads < 1:
+            raise ValueError(f"MEMORIES_THREADS must be a positive integer, got {value!r}")
+        return threads
+    return os.cpu_count() or 1
 
 
 @contextlib.contextmanager
@@ -721,7 +725,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
     parser.add_argument("--device", default="cpu", help="torch device to train on (default cpu)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: $MEMORIES_THREADS or the idle cores)")
+                        help="torch CPU threads (default: $MEMORIES_THREADS or every core)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     if args.profile:

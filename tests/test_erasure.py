@@ -313,8 +313,21 @@ def test_erased_model_rejects_bad_requests(ldm):
         erased_model(ldm, "uce", ERASE, {"lambda": 0.5})
     with pytest.raises(ValueError, match="needs the parameter"):
         erased_model(ldm, "uce-debias", "a shape", {"attributes": ["red", "blue"]})
-    with pytest.raises(ValueError, match="one concept"):
-        erased_model(ldm, "esd-x", [ERASE, GUIDE], {"iterations": 1})
+    with pytest.raises(ValueError, match="at least one concept"):
+        erased_model(ldm, "esd-x", [], {"iterations": 1})
+    with pytest.raises(ValueError, match="non-empty concept prompts"):
+        erased_model(ldm, "esd-x", ["a star", " "], {"iterations": 1})
+
+
+def test_esd_with_several_prompts_trains_on_each(ldm):
+    config = ESDConfig(method="esd-x", iterations=6, lr=1e-3, ddim_steps=2)
+    prompts = [ERASE, "a red triangle", "a triangle on a striped background"]
+    result = esd_erase(ldm.unet, ldm.text_encoder, ldm.tokenizer, ldm.scheduler, prompts, config,
+                       generator=torch.Generator().manual_seed(0), progress=False)
+    assert result.info["prompts"] == prompts and len(result.losses) == 6
+    single = esd_erase(ldm.unet, ldm.text_encoder, ldm.tokenizer, ldm.scheduler, ERASE, config,
+                       generator=torch.Generator().manual_seed(0), progress=False)
+    assert hash_modules(single.unet) != hash_modules(result.unet)
 
 
 # --------------------------------------------------------------------------- judging generations
@@ -357,27 +370,37 @@ def test_judged_generations_are_classified_and_cached(ldm, tmp_path, monkeypatch
 
 def test_concept_prompts_follow_the_caption_grammar():
     from memories_lib.erasure import concept_prompts
+    from memories_lib.mini.data import BACKGROUNDS, COLOURS, SHAPES
 
     tri = concept_prompts("triangle")
-    assert (tri.prompt, tri.guide) == ("a triangle", "a shape")
-    assert tri.preserve == ("a circle", "a square", "a star", "a cross")
+    assert tri.prompt == "a triangle" and len(tri.prompts) == len(tri.guides) == 4 * 7  # (bg or none) x (colour or none)
+    assert len(set(tri.prompts)) == len(tri.prompts) and all("triangle" in p for p in tri.prompts)
+    pairs = dict(zip(tri.prompts, tri.guides))
+    assert pairs["a triangle"] == "a shape"
+    assert pairs["a red triangle on a striped background"] == "a red shape on a striped background"
+    assert len(tri.preserve) == 4 * 28 and not any("triangle" in p for p in tri.preserve)
+    assert "a purple star on a dotted background" in tri.preserve
     stripes = concept_prompts("stripes")
-    assert stripes.prompt == "a shape on a striped background" and stripes.guide == "a shape"
-    assert stripes.preserve == ("a shape on a plain background", "a shape on a dotted background")
+    assert stripes.prompt == "a shape on a striped background"
+    assert len(stripes.prompts) == (len(SHAPES) + 1) * (len(COLOURS) + 1)
+    assert dict(zip(stripes.prompts, stripes.guides))["a red star on a striped background"] == "a red star"
+    assert len(stripes.preserve) == (len(BACKGROUNDS) - 1) * len(stripes.prompts)
+    assert not any("striped" in p for p in stripes.preserve + stripes.guides)
     church = concept_prompts("church")  # not a shapes-world concept: the official object defaults
-    assert (church.prompt, church.guide, church.preserve) == ("church", "", ())
+    assert (church.prompts, church.guides, church.preserve) == (("church",), ("",), ())
     with pytest.raises(ValueError, match="non-empty"):
         concept_prompts(" ")
 
 
 def test_erase_concept_fills_in_the_concept_prompts(ldm):
-    from memories_lib.erasure import erase_concept
+    from memories_lib.erasure import concept_prompts, erase_concept
 
+    cp = concept_prompts("triangle")
     variant = erase_concept(ldm, "uce", "triangle", progress=False)
-    assert variant.concepts == ("a triangle",)
-    assert variant.params["guides"] == "a shape" and variant.params["preserve"][0] == "a circle"
+    assert variant.concepts == cp.prompts
+    assert variant.params["guides"] == list(cp.guides) and variant.params["preserve"] == list(cp.preserve)
     assert erase_concept(ldm, "uce", "triangle").from_cache
     own = erase_concept(ldm, "uce", "triangle", {"guides": "", "preserve": []}, progress=False)
     assert own.path != variant.path and own.params["guides"] == ""
     esd = erase_concept(ldm, "esd-x", "stripes", {"iterations": 1, "ddim_steps": 2}, progress=False)
-    assert esd.concepts == ("a shape on a striped background",) and "preserve" not in esd.params
+    assert esd.concepts == concept_prompts("stripes").prompts and "preserve" not in esd.params

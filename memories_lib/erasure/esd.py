@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -108,7 +108,7 @@ def esd_erase(
     text_encoder: torch.nn.Module,
     tokenizer,
     scheduler: DDIMScheduler,
-    concept: str,
+    concept: str | Sequence[str],
     config: ESDConfig = ESDConfig(),
     *,
     generator: torch.Generator,
@@ -116,11 +116,14 @@ def esd_erase(
 ) -> ESDResult:
     """Fine-tune a copy of ``unet`` to erase ``concept`` (ESD-x or ESD-u, see :class:`ESDConfig`).
 
-    ``unet`` is the frozen teacher and is not modified. All randomness (the number of sampling
-    steps, the seeds of the training latents) comes from ``generator``.
+    ``concept`` is one prompt or several; with several, every iteration trains on one drawn at
+    random (as the official script does with its list of words). ``unet`` is the frozen teacher
+    and is not modified. All randomness (the prompt, the number of sampling steps, the seeds of
+    the training latents) comes from ``generator``.
     """
-    if not concept:
-        raise ValueError("ESD needs a non-empty concept prompt")
+    prompts = [concept] if isinstance(concept, str) else list(concept)
+    if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+        raise ValueError(f"ESD needs one or more non-empty concept prompts, got {concept!r}")
     device, dtype = unet.device, unet.dtype
     frozen = unet
     student = copy.deepcopy(unet)
@@ -133,7 +136,7 @@ def esd_erase(
     optimizer = torch.optim.Adam([params[n] for n in trained], lr=config.lr)
 
     batch = config.batch_size
-    cond = _embed(text_encoder, tokenizer, [concept], dtype).expand(batch, -1, -1)
+    conds = _embed(text_encoder, tokenizer, prompts, dtype)
     uncond = _embed(text_encoder, tokenizer, [""], dtype).expand(batch, -1, -1)
     sampler = DDIMScheduler.from_config(scheduler.config)
     sampler.set_timesteps(config.ddim_steps, device=device)
@@ -143,8 +146,10 @@ def esd_erase(
     losses: list[float] = []
     steps: list[int] = []
     start = time.perf_counter()
-    bar = tqdm(range(config.iterations), desc=f"ESD ({config.method}) '{concept}'", disable=not progress)
+    bar = tqdm(range(config.iterations), desc=f"ESD ({config.method}) '{prompts[0]}'", disable=not progress)
     for _ in bar:
+        j = int(torch.randint(0, len(prompts), (1,), generator=generator, device=generator.device)) if len(prompts) > 1 else 0
+        cond = conds[j : j + 1].expand(batch, -1, -1)
         k = int(torch.randint(0, config.ddim_steps, (1,), generator=generator, device=generator.device))
         z = torch.randn(shape, generator=generator, device=generator.device).to(device, dtype)
         z = z * sampler.init_noise_sigma
@@ -173,5 +178,5 @@ def esd_erase(
 
     student.eval()
     student.requires_grad_(False)
-    info = {"concept": concept, "seconds": time.perf_counter() - start, "config": asdict(config)}
+    info = {"prompts": prompts, "seconds": time.perf_counter() - start, "config": asdict(config)}
     return ESDResult(unet=student, trained=trained, losses=losses, steps=steps, config=config, info=info)

@@ -191,9 +191,7 @@ def _compute(
             "history": result.history,
             "converged": result.info["converged"],
         }
-    # ESD
-    if len(concepts) != 1:
-        raise ValueError(f"{method} erases one concept prompt at a time, got {list(concepts)}")
+    # ESD: several prompts are trained on in turn, one drawn at random per iteration
     config = ESDConfig(method=method, **{k: v for k, v in params.items() if k != "seed"})
     generator = torch.Generator(device="cpu").manual_seed(int(params["seed"]))
     result = esd_erase(
@@ -201,7 +199,7 @@ def _compute(
         base.text_encoder,
         base.tokenizer,
         base.scheduler,
-        concepts[0],
+        list(concepts),
         config,
         generator=generator,
         progress=progress,
@@ -223,7 +221,7 @@ def erased_model(
     method:  "uce" (erase towards ``guides``), "uce-moderate" (towards the empty prompt),
              "uce-debias" (needs ``measure_ratio`` and ``params["measure"]``, a description of
              that measurement, which is part of the cache key), "esd-x" or "esd-u".
-    concepts: the prompt(s) to erase (ESD: exactly one).
+    concepts: the prompt(s) to erase (ESD draws one of them per iteration).
     params:  the method's settings, see ``METHOD_DEFAULTS``; defaults are the official ones.
     """
     concepts = (concepts,) if isinstance(concepts, str) else tuple(concepts)

@@ -58,7 +58,7 @@ _FULL: dict[str, Any] = {
         "norm_num_groups": 16,
         "steps": 2000,
         "batch_size": 64,
-        "lr": 1e-3,
+        "lr": 2e-3,
         "warmup": 100,
         "ema_decay": 0.995,
         "snr_gamma": 5.0,

@@ -11,12 +11,11 @@ import itertools
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 
-from ..models import LDM, decode_latents, encode_images, hash_modules
-from ..store import Store, default_store
+from ..models import LDM, decode_latents, encode_images
+from ..store import Store
 from .classifier import HEADS, ShapesClassifier
 from .data import BACKGROUNDS, COLOURS, SHAPES, prompt
 
@@ -43,13 +42,11 @@ def prompt_grid(
 class GenerationJudgement:
     """Generations from prompts and what the classifier saw in them.
 
-    images: (n, 3, H, W) in [0, 1]; seeds: (n, C, h, w); table: one row per image with
-    the prompt, the named attributes (None when not named), the predicted labels and
-    their probabilities.
+    images: (n, 3, H, W) in [0, 1]; table: one row per image with the prompt, the named
+    attributes (None when not named), the predicted labels and their probabilities.
     """
 
     images: torch.Tensor
-    seeds: torch.Tensor
     table: pd.DataFrame
 
     def correct(self, head: str) -> pd.Series:
@@ -83,13 +80,13 @@ def judge_generations(
     store: Store | None = None,
     progress: bool = True,
 ) -> GenerationJudgement:
-    """Generate ``n_per_prompt`` images per (prompt, attributes) and classify them.
+    """Generate ``n_per_prompt`` images per (prompt, attributes) and compare the classifier's verdicts with them.
 
-    Seeds z_T come from ``torch.Generator().manual_seed(seed)``. The images and the
-    classifier's probabilities are cached in ``store`` (default: the project's results
-    store), keyed by both models' weights and everything else that determines them.
+    The generating, classifying and caching are :func:`memories_lib.erasure.evaluate.judged_generations`
+    (seeds from ``torch.Generator().manual_seed(seed)``, results in ``store``); this adds
+    which attributes each prompt named, so that accuracy can be counted per attribute.
     """
-    from ..inversion.api import generate
+    from ..erasure.evaluate import judged_generations
 
     if n_per_prompt < 1:
         raise ValueError(f"n_per_prompt must be at least 1, got {n_per_prompt}")
@@ -97,31 +94,15 @@ def judge_generations(
         raise ValueError("judge_generations needs at least one prompt")
     texts = [p for p, _ in prompts for _ in range(n_per_prompt)]
     attrs = [a for _, a in prompts for _ in range(n_per_prompt)]
-    parts = {
-        "kind": "mini/judge_generations",
-        "model": ldm.weights_hash(),
-        "classifier": hash_modules(classifier),
-        "prompts": texts,
-        "seed": int(seed),
-        "num_steps": int(num_steps),
-        "guidance_scale": float(guidance_scale),
-    }
-
-    def compute() -> tuple[dict[str, torch.Tensor], dict]:
-        generator = torch.Generator().manual_seed(int(seed))
-        seeds, images = generate(ldm, texts, generator, num_steps, guidance_scale, batch_size=batch_size,
-                                 progress=progress)
-        proba = classifier.predict_proba(images)
-        return {"seeds": seeds, "images": images, **{f"p_{h}": p for h, p in proba.items()}}, {}
-
-    entry = (store or default_store()).get_or_compute(parts, compute)
+    judged = judged_generations(ldm, classifier, HEADS, texts, seed=seed, num_steps=num_steps,
+                                guidance_scale=guidance_scale, batch_size=batch_size, store=store,
+                                progress=progress)
     table = pd.DataFrame({"prompt": texts})
     for i, head in enumerate(HEADS):
-        p = entry.tensors[f"p_{head}"]
         table[head] = [a[i] for a in attrs]
-        table[f"pred_{head}"] = np.asarray(HEADS[head])[p.argmax(-1).numpy()]
-        table[f"p_{head}"] = p.max(-1).values.numpy()
-    return GenerationJudgement(images=entry.tensors["images"], seeds=entry.tensors["seeds"], table=table)
+        table[f"pred_{head}"] = judged.labels[head]
+        table[f"p_{head}"] = judged.proba[head].max(-1).values.numpy()
+    return GenerationJudgement(images=judged.images, table=table)
 
 
 @torch.no_grad()

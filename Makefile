@@ -4,7 +4,7 @@
 PYTHON  ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
-PROFILE ?= tiny
+PROFILE ?= mini
 STAMP   := $(VENV)/.stamp-install
 
 .PHONY: book test venv clean benchmarks

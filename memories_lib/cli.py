@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-DEFAULT_PROFILE = "tiny"
+DEFAULT_PROFILE = "mini"
 
 EXIT_USAGE = 2    # a wrong profile, parameter or value: nothing ran
 EXIT_FAILED = 1   # a chapter or the build failed

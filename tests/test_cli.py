@@ -161,7 +161,7 @@ def test_book_wrong_type_fails_before_work(root, no_work, capsys):
 
 def test_run_passes_yaml_parsed_values_and_profile_defaults(root, fake_papermill, capsys):
     out = root / "out" / "demo.ipynb"
-    code = cli.main(["run", "01_demo", "-q", "-p", "concepts", '["star", "circle"]', "-p", "scale", "2",
+    code = cli.main(["run", "01_demo", "-q", "--profile", "tiny", "-p", "concepts", '["star", "circle"]', "-p", "scale", "2",
                      "-p", "extra", "{a: 1}", "-o", str(out)])
     assert code == 0, capsys.readouterr().err
     (call,) = fake_papermill
@@ -177,8 +177,15 @@ def test_run_passes_yaml_parsed_values_and_profile_defaults(root, fake_papermill
     assert call["output"] == str(out) and out.is_file()
 
 
+def test_the_default_profile_is_the_embedded_shapes_world(root, fake_papermill):
+    assert cli.DEFAULT_PROFILE == "mini"
+    assert cli.main(["run", "01_demo", "-q"]) == 0
+    assert fake_papermill[0]["parameters"]["profile"] == "mini"
+
+
 def test_override_beats_profile_default(root, fake_papermill):
-    assert cli.main(["run", str(root / "notebooks" / "01_demo.md"), "-q", "-p", "num_steps", "20"]) == 0
+    assert cli.main(["run", str(root / "notebooks" / "01_demo.md"), "-q", "--profile", "tiny",
+                     "-p", "num_steps", "20"]) == 0
     assert fake_papermill[0]["parameters"]["num_steps"] == 20
     assert fake_papermill[0]["output"] == str(root / "_executed" / "01_demo.ipynb")
 

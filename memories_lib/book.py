@@ -395,6 +395,20 @@ def _jupyter_book() -> str:
     return found
 
 
+def prepare_models(profile: str | Path | Profile, progress: bool = True) -> None:
+    """Build or train the profile's base model here, before any chapter runs.
+
+    The first build of the ``mini`` world trains it for many minutes; done here, its progress
+    bars show in the terminal instead of disappearing into a chapter's kernel.
+    """
+    from .models import profile_model_path
+
+    p = _as_profile(profile)
+    if progress:
+        print(f"[memories] preparing the models of profile {p.name!r} (kind {p.model.kind})", file=sys.stderr)
+    profile_model_path(p, progress=progress)
+
+
 def build_book(
     profile: str | Profile,
     overrides: Mapping[str, Any] | None = None,
@@ -428,6 +442,7 @@ def build_book(
 
     warm_matplotlib()
     vendor_mathjax(root)
+    prepare_models(profile, progress)
     for chapter, parameters in plans:
         if progress:
             print(f"[memories] executing {chapter.source.relative_to(root)} with {parameters}", file=sys.stderr)

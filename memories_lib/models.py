@@ -122,21 +122,29 @@ def load_ldm(source: str | Path, device: str = "cpu", dtype: torch.dtype = torch
     return LDM(vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler, source=source)
 
 
-def load_profile_models(profile: Profile, device: str | None = None) -> LDM:
-    """The base model of a profile, built or trained first where the profile says so."""
+def profile_model_path(profile: Profile, progress: bool = True) -> str | Path:
+    """Where a profile's base model lives, built (tiny) or trained (mini) first if it is not there yet.
+
+    A ``mini`` model is trained with every stage of its world (the judges too), with progress
+    bars when ``progress``; a ``pretrained`` model is its ``source``, which nothing here fetches.
+    """
     spec = profile.model
-    device = device or profile.resolve_device()
     if spec.kind == "tiny":
         path = cache_dir() / "models" / f"tiny-{profile.image_size}-seed{spec.seed}"
         if not (path / "model_index.json").is_file():
             build_tiny_ldm(path, seed=spec.seed, image_size=profile.image_size)
-    elif spec.kind == "mini":
+        return path
+    if spec.kind == "mini":
         from .mini.train import ensure_trained  # the embedded shapes world
 
-        path = ensure_trained(dict(spec.config))
-    else:
-        path = spec.source
-    return load_ldm(path, device=device, dtype=profile.torch_dtype())
+        return ensure_trained(dict(spec.config), progress=progress)
+    return spec.source
+
+
+def load_profile_models(profile: Profile, device: str | None = None) -> LDM:
+    """The base model of a profile, built or trained first where the profile says so."""
+    device = device or profile.resolve_device()
+    return load_ldm(profile_model_path(profile), device=device, dtype=profile.torch_dtype())
 
 
 # --------------------------------------------------------------------------- tiny models

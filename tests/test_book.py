@@ -314,6 +314,27 @@ def test_build_book_checks_every_chapter_before_work(root, monkeypatch):
         book.build_book("tiny", {"rate": "x"}, root)
 
 
+def test_build_book_prepares_the_models_before_the_first_chapter(root, monkeypatch, memories_cache):
+    calls = []
+    real_prepare = book.prepare_models
+
+    def prepare(profile, progress):
+        calls.append("models")
+        real_prepare(profile, progress=False)
+
+    def run_notebook(chapter, *args):
+        calls.append(chapter.name)
+        raise BookError("stop after the first chapter")
+
+    monkeypatch.setattr(book, "vendor_mathjax", lambda root: None)
+    monkeypatch.setattr(book, "prepare_models", prepare)
+    monkeypatch.setattr(book, "_run_notebook", run_notebook)
+    with pytest.raises(BookError, match="stop after"):
+        book.build_book("tiny", {}, root, progress=False)
+    assert calls == ["models", "01_params"]
+    assert (memories_cache / "models" / "tiny-32-seed0" / "model_index.json").is_file()
+
+
 # --------------------------------------------------------------------------- the real book, end to end
 
 

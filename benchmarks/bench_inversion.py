@@ -22,7 +22,7 @@ import torch
 
 from memories_lib.inversion import invert
 from memories_lib.inversion.ddim import ddim_invert
-from memories_lib.models import LDM, build_tiny_ldm, encode_images, encode_prompts, load_ldm
+from memories_lib.core.models import LDM, build_tiny_ldm, encode_images, encode_prompts, load_ldm
 
 GOALS = {"overhead": ("<=", 1.05), "batch_speedup": (">=", 4.0)}
 BATCH = 16
@@ -66,8 +66,8 @@ def load(profile_name: str | None) -> tuple[LDM, int, str]:
     if profile_name is None:
         path = build_tiny_ldm(Path(tempfile.mkdtemp(prefix="bench-tiny-")) / "tiny", seed=0, image_size=32)
         return load_ldm(path), 10, "tiny random model"
-    from memories_lib.models import load_profile_models
-    from memories_lib.profile import load_profile
+    from memories_lib.core.models import load_profile_models
+    from memories_lib.core.profile import load_profile
 
     profile = load_profile(profile_name)
     return load_profile_models(profile), profile.num_inference_steps, f"profile {profile.name}"

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from memories_lib.mini import train
-from memories_lib.mini.config import resolve_config
+from memories_lib.worlds.shapes import train
+from memories_lib.worlds.shapes.config import resolve_config
 
 GOAL_S = 20 * 60
 STEP_KEYS = {"vae": "vae", "unet": "unet", "classifier": "classifier", "contrastive": "contrastive"}
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="benchmarks.run training", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="full", help="training preset (default full)")
     parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads (default 0: memories_lib.mini.train.default_threads())")
+                        help="torch CPU threads (default 0: memories_lib.worlds.shapes.train.default_threads())")
     parser.add_argument("--estimate", type=int, default=0, metavar="K",
                         help="extrapolate from runs of 2 and 2 + K steps instead of a full cold run")
     args = parser.parse_args(argv)

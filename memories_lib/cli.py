@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-o", "--output", default=None, help="executed notebook path (default: _executed/NAME.ipynb)")
 
     sub.add_parser("profiles", help="list the shipped profiles")
-    sub.add_parser("train-mini", help="train the embedded mini world (arguments go to memories_lib.mini.train)",
+    sub.add_parser("train-mini", help="train the embedded mini world (arguments go to memories_lib.worlds.shapes.train)",
                    add_help=False)
     return parser
 
@@ -84,7 +84,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_profiles(args: argparse.Namespace) -> int:
-    from .profile import ProfileError, list_profiles, load_profile
+    from .core.profile import ProfileError, list_profiles, load_profile
 
     for name in list_profiles():
         try:
@@ -97,7 +97,7 @@ def _cmd_profiles(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_mini(argv: list[str]) -> int:
-    from .mini.train import main as train_main  # owned by the mini world; imported only when asked
+    from .worlds.shapes.train import main as train_main  # owned by the mini world; imported only when asked
 
     result = train_main(argv)
     return int(result or 0)
@@ -106,7 +106,7 @@ def _cmd_train_mini(argv: list[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``memories`` console script; returns the exit code."""
     from .book import BookError, ParameterError
-    from .profile import ProfileError
+    from .core.profile import ProfileError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     try:

@@ -15,7 +15,7 @@ import yaml
 from conftest import REPO, make_book_root
 from memories_lib import __version__, book
 from memories_lib.book import BookError, NotebookParameter, ParameterError
-from memories_lib.profile import PROFILES_DIR, load_profile
+from memories_lib.core.profile import PROFILES_DIR, load_profile
 
 PARAMS = """\
 # Parameters

@@ -17,7 +17,7 @@ from memories_lib.erasure import (
     save_unet_weights,
     uce_erase,
 )
-from memories_lib.models import build_tiny_ldm, hash_modules, load_ldm
+from memories_lib.core.models import build_tiny_ldm, hash_modules, load_ldm
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import make_book_root, memories_command
 from memories_lib import book, cli
-from memories_lib.profile import PROFILES_DIR, list_profiles, load_profile
+from memories_lib.core.profile import PROFILES_DIR, list_profiles, load_profile
 
 CHAPTER = """\
 # A chapter
@@ -207,9 +207,9 @@ def test_failed_cell_is_one_line_naming_notebook_and_cell(root, capsys):
 
 def test_train_mini_forwards_its_arguments(monkeypatch):
     seen = []
-    fake = types.ModuleType("memories_lib.mini.train")
+    fake = types.ModuleType("memories_lib.worlds.shapes.train")
     fake.main = lambda argv: seen.append(argv) or 0
-    monkeypatch.setitem(sys.modules, "memories_lib.mini.train", fake)
+    monkeypatch.setitem(sys.modules, "memories_lib.worlds.shapes.train", fake)
     assert cli.main(["train-mini", "--steps", "3", "--help"]) == 0
     assert seen == [["--steps", "3", "--help"]]
 

@@ -19,7 +19,7 @@ from memories_lib.erasure import (
     variant_path,
 )
 from memories_lib.erasure import variants as variants_module
-from memories_lib.models import build_tiny_ldm, hash_modules, load_ldm
+from memories_lib.core.models import build_tiny_ldm, hash_modules, load_ldm
 
 ERASE, GUIDE = "a triangle", "a circle"
 PRESERVE = ["a star", "a square", "a red cross"]
@@ -225,7 +225,7 @@ def test_esd_trains_only_its_parameter_set(ldm, method):
 
 def test_esd_moves_the_concept_prediction_towards_the_negative_guidance_target(ldm):
     """After training, the student's prediction for the concept is closer to e_0 - (e_c - e_0)."""
-    from memories_lib.models import encode_prompts
+    from memories_lib.core.models import encode_prompts
 
     gen = torch.Generator().manual_seed(1)
     z = torch.randn(4, 4, 8, 8, generator=gen)
@@ -334,10 +334,10 @@ def test_esd_with_several_prompts_trains_on_each(ldm):
 
 
 def test_judged_generations_are_classified_and_cached(ldm, tmp_path, monkeypatch):
-    from memories_lib.erasure.evaluate import judged_generations
-    from memories_lib.inversion import api
-    from memories_lib.mini.classifier import HEADS, ShapesClassifier
-    from memories_lib.store import Store
+    from memories_lib.core.judging import judged_generations
+    from memories_lib.core import judging
+    from memories_lib.worlds.shapes.classifier import HEADS, ShapesClassifier
+    from memories_lib.core.store import Store
 
     torch.manual_seed(0)
     classifier = ShapesClassifier(channels=(4, 4)).eval()
@@ -358,7 +358,7 @@ def test_judged_generations_are_classified_and_cached(ldm, tmp_path, monkeypatch
     def boom(*args, **kwargs):
         raise AssertionError("regenerated although the result is stored")
 
-    monkeypatch.setattr(api, "generate", boom)
+    monkeypatch.setattr(judging, "generate", boom)
     again = judged_generations(ldm, classifier, HEADS, prompts, **kwargs)
     assert torch.equal(again.images, first.images) and list(again.labels["colour"]) == list(first.labels["colour"])
     with pytest.raises(AssertionError, match="regenerated"):
@@ -370,7 +370,7 @@ def test_judged_generations_are_classified_and_cached(ldm, tmp_path, monkeypatch
 
 def test_concept_prompts_follow_the_caption_grammar():
     from memories_lib.erasure import concept_prompts
-    from memories_lib.mini.data import BACKGROUNDS, COLOURS, SHAPES
+    from memories_lib.worlds.shapes.data import BACKGROUNDS, COLOURS, SHAPES
 
     tri = concept_prompts("triangle")
     assert tri.prompt == "a triangle" and len(tri.prompts) == len(tri.guides) == 4 * 7  # (bg or none) x (colour or none)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from memories_lib import metrics
-from memories_lib.experiment import ImageSet, invert_set, seeded_choice, summarise
-from memories_lib.models import build_tiny_ldm, load_ldm
-from memories_lib.store import Store
+from memories_lib.core import metrics
+from memories_lib.experiments.concept_memory import ImageSet, invert_set, seeded_choice, summarise
+from memories_lib.core.models import build_tiny_ldm, load_ldm
+from memories_lib.core.store import Store
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from memories_lib.images import ImageError, load_image, load_images, save_image, to_pil
+from memories_lib.core.images import ImageError, load_image, load_images, save_image, to_pil
 
 
 def quantised(shape, seed=0) -> torch.Tensor:

@@ -12,12 +12,13 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from memories_lib.inversion import METHODS, InversionResult, generate, invert, regenerate
-from memories_lib.inversion.ddim import ddim_invert, ddim_sample, ddim_schedule
+from memories_lib.core.sampling import ddim_sample, ddim_schedule, generate, regenerate
+from memories_lib.inversion import METHODS, InversionResult, invert
+from memories_lib.inversion.ddim import ddim_invert
 from memories_lib.inversion.edict import edict_invert, edict_sample
 from memories_lib.inversion.nti import NullTextConfig, null_text_invert, null_text_reconstruct
 from memories_lib.inversion.renoise import ReNoiseConfig, _auto_corr, regularize_noise, renoise_invert
-from memories_lib.models import build_tiny_ldm, encode_images, encode_prompts, load_ldm
+from memories_lib.core.models import build_tiny_ldm, encode_images, encode_prompts, load_ldm
 
 PROMPTS = ["a red circle", "a blue star on a striped background", "a green square"]
 

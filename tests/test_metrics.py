@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import stats
 
-from memories_lib.metrics import (
+from memories_lib.core.metrics import (
     NLLGaussian,
     coefficient_of_variation,
     cosine_distance,

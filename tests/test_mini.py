@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from memories_lib.mini import data
-from memories_lib.mini.classifier import HEADS, ShapesClassifier, attribute_of
-from memories_lib.mini.config import ConfigError, PRESETS, config_hash, latent_shape, resolve_config
-from memories_lib.mini.data import (
+from memories_lib.worlds.shapes import data
+from memories_lib.worlds.shapes.classifier import HEADS, ShapesClassifier, attribute_of
+from memories_lib.worlds.shapes.config import ConfigError, PRESETS, config_hash, latent_shape, resolve_config
+from memories_lib.worlds.shapes.data import (
     BACKGROUNDS,
     COLOURS,
     SHAPES,
@@ -24,8 +24,8 @@ from memories_lib.mini.data import (
     sample_specs,
     vocabulary,
 )
-from memories_lib.models import hash_modules, load_ldm
-from memories_lib.profile import load_profile, parse_profile
+from memories_lib.core.models import hash_modules, load_ldm
+from memories_lib.core.profile import load_profile, parse_profile
 
 # --------------------------------------------------------------------------- data
 
@@ -141,7 +141,7 @@ def test_the_mini_profile_names_the_full_config_and_its_latent_dimension():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """The tiny config trained once into a private cache root."""
-    from memories_lib.mini import train
+    from memories_lib.worlds.shapes import train
 
     root = tmp_path_factory.mktemp("mini_cache")
     with pytest.MonkeyPatch.context() as mp:
@@ -157,7 +157,7 @@ def mini_cache(trained, monkeypatch):
 
 
 def test_training_writes_a_loadable_diffusers_folder(mini_cache):
-    from memories_lib.mini import train
+    from memories_lib.worlds.shapes import train
 
     root, path = mini_cache
     assert path == root / config_hash("tiny") / "ldm"
@@ -175,7 +175,7 @@ def test_training_writes_a_loadable_diffusers_folder(mini_cache):
 
 
 def test_classifier_and_contrastive_model_load_from_the_cache(mini_cache):
-    from memories_lib.mini import train
+    from memories_lib.worlds.shapes import train
 
     images, _ = make_dataset(5, 32, seed=9)
     classifier = train.load_classifier("tiny")
@@ -193,7 +193,7 @@ def test_classifier_and_contrastive_model_load_from_the_cache(mini_cache):
 
 
 def test_a_second_call_reuses_the_cache(mini_cache, monkeypatch):
-    from memories_lib.mini import train
+    from memories_lib.worlds.shapes import train
 
     root, path = mini_cache
     folder = path.parent
@@ -212,7 +212,7 @@ def test_a_second_call_reuses_the_cache(mini_cache, monkeypatch):
 def test_a_missing_stage_is_trained_alone(mini_cache, monkeypatch):
     import shutil
 
-    from memories_lib.mini import train
+    from memories_lib.worlds.shapes import train
 
     root, path = mini_cache
     classifier_dir = train.stage_path("tiny", "classifier")
@@ -239,7 +239,7 @@ def test_a_missing_stage_is_trained_alone(mini_cache, monkeypatch):
 
 
 def test_training_is_deterministic_given_the_seed(mini_cache, tmp_path, monkeypatch):
-    from memories_lib.mini import train
+    from memories_lib.worlds.shapes import train
 
     _, path = mini_cache
     monkeypatch.setenv("MEMORIES_MINI_CACHE", str(tmp_path / "other"))
@@ -250,14 +250,14 @@ def test_training_is_deterministic_given_the_seed(mini_cache, tmp_path, monkeypa
 
 
 def test_unknown_stages_are_refused():
-    from memories_lib.mini import train
+    from memories_lib.worlds.shapes import train
 
     with pytest.raises(ValueError, match="unknown training stage"):
         train.ensure_trained("tiny", stages=("vae", "gan"))
 
 
 def test_world_config_comes_from_the_profile(tmp_path):
-    from memories_lib.mini.train import world_config
+    from memories_lib.worlds.shapes.train import world_config
 
     base = {"name": "x", "description": "", "image_size": 32, "num_inference_steps": 2}
     tiny = parse_profile({**base, "model": {"kind": "tiny"}, "data": {"world": "tiny"}})
@@ -269,9 +269,9 @@ def test_world_config_comes_from_the_profile(tmp_path):
 
 
 def test_generations_are_judged_per_attribute(mini_cache, monkeypatch):
-    from memories_lib.inversion import api
-    from memories_lib.mini import train
-    from memories_lib.mini.evaluate import judge_generations, prompt_grid, vae_reconstruct
+    from memories_lib.core import judging
+    from memories_lib.worlds.shapes import train
+    from memories_lib.worlds.shapes.evaluate import judge_generations, prompt_grid, vae_reconstruct
 
     _, path = mini_cache
     ldm = load_ldm(path)
@@ -289,7 +289,7 @@ def test_generations_are_judged_per_attribute(mini_cache, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("generated again although the results store holds them")
 
-    monkeypatch.setattr(api, "generate", boom)
+    monkeypatch.setattr(judging, "generate", boom)
     again = judge_generations(ldm, train.load_classifier("tiny"), grid, 2, seed=0, num_steps=2,
                               guidance_scale=3.0, progress=False)
     assert torch.equal(again.images, judged.images) and again.table.equals(judged.table)
@@ -300,7 +300,7 @@ def test_generations_are_judged_per_attribute(mini_cache, monkeypatch):
 
 
 def test_the_cli_trains_and_reports(mini_cache, capsys):
-    from memories_lib.mini import train
+    from memories_lib.worlds.shapes import train
 
     assert train.main(["--config", "tiny", "--quiet", "--threads", "1"]) == 0
     out = capsys.readouterr().out
@@ -308,7 +308,7 @@ def test_the_cli_trains_and_reports(mini_cache, capsys):
 
 
 def test_training_threads_are_fixed_not_read_from_the_load(monkeypatch):
-    from memories_lib.mini import train
+    from memories_lib.worlds.shapes import train
 
     monkeypatch.delenv("MEMORIES_THREADS", raising=False)
     monkeypatch.setattr(os, "getloadavg", lambda: (5.0, 5.0, 5.0))  # a busy machine changes nothing

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from memories_lib.profile import PROFILES_DIR, ProfileError, list_profiles, load_profile
+from memories_lib.core.profile import PROFILES_DIR, ProfileError, list_profiles, load_profile
 
 TINY = PROFILES_DIR / "tiny.yaml"
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from memories_lib import store as store_module
-from memories_lib.store import Store, StoreCorruptError, default_store, hash_image, hash_tensor
+from memories_lib.core import store as store_module
+from memories_lib.core.store import Store, StoreCorruptError, default_store, hash_image, hash_tensor
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ from typing import Mapping
 import torch
 from transformers import CLIPTextModel
 
-from ..models import LDM
+from ..core.models import LDM
 
 #: Suffixes read with torch.load (weights only) and with safetensors.
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")

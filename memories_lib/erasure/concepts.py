@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from ..models import LDM
+from ..core.models import LDM
 from .variants import ErasedVariant, erased_model
 
 
@@ -46,7 +46,7 @@ class ConceptPrompts:
 
 def _captions(head: str, label: str | None) -> list[str]:
     """Every caption whose ``head`` slot is ``label`` (None: left out), the other slots free."""
-    from ..mini.data import BACKGROUNDS, COLOURS, SHAPES, prompt
+    from ..worlds.shapes.data import BACKGROUNDS, COLOURS, SHAPES, prompt
 
     options = {"shape": [None, *SHAPES], "colour": [None, *COLOURS], "background": [None, *BACKGROUNDS]}
     options[head] = [label]
@@ -60,7 +60,7 @@ def _captions(head: str, label: str | None) -> list[str]:
 
 def concept_prompts(concept: str) -> ConceptPrompts:
     """The erase prompts, their guides and the preserved prompts of ``concept`` (see the module's docstring)."""
-    from ..mini.classifier import HEADS
+    from ..worlds.shapes.classifier import HEADS
 
     if not concept or not concept.strip():
         raise ValueError("a concept to erase must be a non-empty string")

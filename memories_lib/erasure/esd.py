@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, UNet2DConditionModel
 from tqdm.auto import tqdm
 
-from ..tokenizer import tokenize
+from ..core.tokenizer import tokenize
 
 ESD_METHODS = ("esd-x", "esd-u")
 

@@ -24,8 +24,8 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from .. import __version__
-from ..models import LDM, save_ldm
-from ..paths import cache_dir
+from ..core.models import LDM, save_ldm
+from ..core.paths import cache_dir
 from .esd import ESDConfig, esd_erase
 from .uce import DEFAULT_ERASE_SCALE, DEFAULT_LAMBDA, DEFAULT_PRESERVE_SCALE, uce_debias, uce_erase
 

@@ -4,7 +4,8 @@
 regenerates them from the seeds the way that method reconstructs (DDIM, ReNoise:
 plain DDIM sampling at guidance 1, the official setting; null-text: guidance 7.5 with
 the optimised per-step embeddings; EDICT: its coupled exact sampler) and decodes.
-``regenerate`` and ``generate`` are plain DDIM sampling from given or fresh seeds.
+Plain DDIM sampling from given or fresh seeds (``regenerate``, ``generate``) is
+``memories_lib.core.sampling``.
 
 Every method's ``info`` follows one convention so that batches can be concatenated:
 tensor values have the batch as their first dimension; other values describe the
@@ -29,9 +30,10 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
-from ..models import LDM, decode_latents, encode_images, encode_prompts
+from ..core.models import LDM, decode_latents, encode_images, encode_prompts
 from .common import InversionResult
-from .ddim import ddim_invert, ddim_sample, empty_prompt_embeds
+from ..core.sampling import ddim_sample
+from .ddim import ddim_invert
 from .edict import DEFAULT_MIX, edict_invert, edict_sample
 from .nti import NullTextConfig, null_text_invert, null_text_reconstruct
 from .renoise import ReNoiseConfig, renoise_invert
@@ -289,61 +291,4 @@ def invert(
     )
 
 
-def regenerate(
-    ldm: LDM,
-    seeds: torch.Tensor,
-    prompts: list[str],
-    num_steps: int,
-    guidance_scale: float = 1.0,
-    uncond_embeds: torch.Tensor | None = None,
-    batch_size: int = 16,
-    progress: bool = True,
-) -> torch.Tensor:
-    """Images in [0, 1] (B, 3, H, W) sampled by DDIM from ``seeds`` (B, C, h, w) with ``prompts``.
-
-    ``guidance_scale`` <= 1: conditional only (the official reconstruction uses 1); > 1:
-    classifier-free guidance against ``uncond_embeds`` (default: the empty prompt).
-    """
-    if seeds.dim() != 4 or len(prompts) != seeds.shape[0]:
-        raise ValueError(f"need (B, C, h, w) seeds and B prompts, got {tuple(seeds.shape)} and {len(prompts)}")
-    _check_batch_size(batch_size)
-    images = []
-    starts = range(0, seeds.shape[0], batch_size)
-    for start in tqdm(starts, desc="regenerate", disable=not progress or len(starts) < 2):
-        cond = encode_prompts(ldm, list(prompts[start:start + batch_size]))
-        uncond = None
-        if uncond_embeds is not None:
-            uncond = uncond_embeds if uncond_embeds.shape[0] == 1 else uncond_embeds[start:start + batch_size]
-        z0 = ddim_sample(ldm, seeds[start:start + batch_size], cond, num_steps, guidance_scale, uncond, progress)
-        images.append(decode_latents(ldm, z0))
-    return torch.cat(images)
-
-
-def sample_seeds(ldm: LDM, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """``n`` seeds from N(0, I), (n, C, h, w), float32 on the CPU (drawn on the generator's device)."""
-    device = generator.device if generator is not None else torch.device("cpu")
-    return torch.randn((n, *ldm.latent_shape), generator=generator, device=device).cpu()
-
-
-def generate(
-    ldm: LDM,
-    prompts: list[str],
-    generator: torch.Generator | None,
-    num_steps: int,
-    guidance_scale: float = 7.5,
-    batch_size: int = 16,
-    progress: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fresh seeds from N(0, I) (with ``generator``) and the images they give: (seeds, images01).
-
-    Classifier-free guidance against the empty prompt when ``guidance_scale`` > 1.
-    """
-    seeds = sample_seeds(ldm, len(prompts), generator)
-    images = regenerate(ldm, seeds, prompts, num_steps, guidance_scale, None, batch_size, progress)
-    return seeds, images
-
-
-__all__ = [
-    "METHODS", "InversionMethod", "Inverted", "generate", "get_method", "invert", "regenerate", "sample_seeds",
-    "empty_prompt_embeds",
-]
+__all__ = ["METHODS", "InversionMethod", "Inverted", "get_method", "invert"]

@@ -28,8 +28,8 @@ from typing import Iterator
 import torch
 from tqdm.auto import tqdm
 
-from ..models import LDM
-from .ddim import ddim_schedule, ddim_step, empty_prompt_embeds, predict_noise, uses_cfg
+from ..core.models import LDM
+from ..core.sampling import ddim_schedule, ddim_step, empty_prompt_embeds, predict_noise, uses_cfg
 
 DEFAULT_MIX = 0.93
 

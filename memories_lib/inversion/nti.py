@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from ..models import LDM
-from .ddim import ddim_invert, ddim_sample, ddim_schedule, ddim_step, empty_prompt_embeds, predict_noise
+from ..core.models import LDM
+from ..core.sampling import ddim_sample, ddim_schedule, ddim_step, empty_prompt_embeds, predict_noise
+from .ddim import ddim_invert
 
 
 @dataclass(frozen=True)

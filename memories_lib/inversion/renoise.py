@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..models import LDM
-from .ddim import ddim_schedule, ddim_step, empty_prompt_embeds, predict_noise, uses_cfg, working_dtype
+from ..core.models import LDM
+from ..core.sampling import ddim_schedule, ddim_step, empty_prompt_embeds, predict_noise, uses_cfg, working_dtype
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ The UCE paper's object experiment generates images from prompts naming a class a
 how often a classifier (ResNet-50) still sees that class, for the erased class and for the
 others. :func:`judged_generations` does the generating and judging for any model and any
 classifier with a ``predict_proba(images01) -> {head: (N, K) probabilities}`` method (the
-shapes world's :class:`~memories_lib.mini.classifier.ShapesClassifier`); results go through
+shapes world's :class:`~memories_lib.worlds.shapes.classifier.ShapesClassifier`); results go through
 the results store, keyed by the model's weights hash, the classifier's weights, the prompts
 and the sampling settings, so rerunning a chapter does not regenerate.
 """
@@ -17,8 +17,9 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from ..models import LDM, hash_modules
-from ..store import Store, default_store
+from .models import LDM, hash_modules
+from .sampling import generate
+from .store import Store, default_store
 
 
 @dataclass
@@ -68,8 +69,6 @@ def judged_generations(
     The same ``seed`` gives the same seeds z_T for every model, so base and erased models are
     compared image for image. Cached in ``store`` (default: the project's results store).
     """
-    from ..inversion.api import generate  # sampling lives with inversion
-
     prompts = list(prompts)
     if not prompts:
         raise ValueError("judged_generations needs at least one prompt")

@@ -16,10 +16,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from . import metrics
-from .inversion import api as inversion
-from .models import LDM, decode_latents, encode_images
-from .store import Store, hash_tensor
+from ..core import metrics
+from ..inversion import api as inversion
+from ..core.models import LDM, decode_latents, encode_images
+from ..core.store import Store, hash_tensor
 
 #: Bump when the record's definition changes (a new field, another PSNR convention).
 RECORD_VERSION = 1

@@ -7,8 +7,8 @@ Four stages, each written atomically into the cache folder and skipped when pres
                  trained jointly (epsilon loss with min-SNR weighting, EMA, empty captions
                  for classifier-free guidance), saved with the VAE and a ``DDIMScheduler``
                  in the diffusers layout (folder ``ldm/``, loadable by ``models.load_ldm``);
-``classifier``   the concept classifier (:class:`~memories_lib.mini.classifier.ShapesClassifier`);
-``contrastive``  the CLIP stand-in (:class:`~memories_lib.mini.contrastive.ShapesCLIP`).
+``classifier``   the concept classifier (:class:`~memories_lib.worlds.shapes.classifier.ShapesClassifier`);
+``contrastive``  the CLIP stand-in (:class:`~memories_lib.worlds.shapes.contrastive.ShapesCLIP`).
 
 The cache root is ``$MEMORIES_MINI_CACHE`` if set, else ``models.cache_dir() / "mini"``;
 a config's folder is ``<root>/<config_hash(config)>``. Training is deterministic given the
@@ -36,9 +36,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..models import save_ldm
-from ..paths import cache_dir
-from ..tokenizer import SPECIAL_TOKENS, build_word_tokenizer, tokenize
+from ...core.models import save_ldm
+from ...core.paths import cache_dir
+from ...core.tokenizer import SPECIAL_TOKENS, build_word_tokenizer, tokenize
 from .classifier import HEADS, ShapesClassifier
 from .config import config_hash, resolve_config
 from .contrastive import ShapesCLIP
@@ -729,7 +729,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     if args.profile:
-        from ..profile import load_profile
+        from ...core.profile import load_profile
 
         config = world_config(load_profile(args.profile))
     else:

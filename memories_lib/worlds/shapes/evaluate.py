@@ -14,8 +14,8 @@ from typing import Iterable, Sequence
 import pandas as pd
 import torch
 
-from ..models import LDM, decode_latents, encode_images
-from ..store import Store
+from ...core.models import LDM, decode_latents, encode_images
+from ...core.store import Store
 from .classifier import HEADS, ShapesClassifier
 from .data import BACKGROUNDS, COLOURS, SHAPES, prompt
 
@@ -86,7 +86,7 @@ def judge_generations(
     (seeds from ``torch.Generator().manual_seed(seed)``, results in ``store``); this adds
     which attributes each prompt named, so that accuracy can be counted per attribute.
     """
-    from ..erasure.evaluate import judged_generations
+    from ...core.judging import judged_generations
 
     if n_per_prompt < 1:
         raise ValueError(f"n_per_prompt must be at least 1, got {n_per_prompt}")

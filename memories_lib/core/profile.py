@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import yaml
 
-PROFILES_DIR = Path(__file__).parent / "profiles"
+PROFILES_DIR = Path(__file__).parent.parent / "profiles"
 
 
 class ProfileError(ValueError):

@@ -23,8 +23,8 @@ from typing import Any, Mapping, NamedTuple
 
 import yaml
 
-from . import __version__
-from .profile import Profile, load_profile
+from .. import __version__
+from ..core.profile import Profile, load_profile
 
 EXECUTED_DIR = "_executed"
 SOURCE_DIR = "notebooks"
@@ -401,7 +401,7 @@ def prepare_models(profile: str | Path | Profile, progress: bool = True) -> None
     The first build of the ``mini`` world trains it for many minutes; done here, its progress
     bars show in the terminal instead of disappearing into a chapter's kernel.
     """
-    from .models import profile_model_path
+    from ..core.models import profile_model_path
 
     p = _as_profile(profile)
     if progress:

@@ -3,7 +3,7 @@
 Every world is loaded the same way: from a folder in the diffusers layout
 (``vae/``, ``unet/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``) or a hub id.
 The ``tiny`` world first builds such a folder from random weights (deterministically
-from a seed); the ``mini`` world first trains one (``memories_lib.mini``).
+from a seed); the ``mini`` world first trains one (``memories_lib.worlds.shapes``).
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def profile_model_path(profile: Profile, progress: bool = True) -> str | Path:
             build_tiny_ldm(path, seed=spec.seed, image_size=profile.image_size)
         return path
     if spec.kind == "mini":
-        from .mini.train import ensure_trained  # the embedded shapes world
+        from ..worlds.shapes.train import ensure_trained  # the embedded shapes world
 
         return ensure_trained(dict(spec.config), progress=progress)
     return spec.source

@@ -25,6 +25,7 @@ import yaml
 
 from .. import __version__
 from ..core.profile import Profile, load_profile
+from ..worlds import open_world
 
 EXECUTED_DIR = "_executed"
 SOURCE_DIR = "notebooks"
@@ -401,12 +402,10 @@ def prepare_models(profile: str | Path | Profile, progress: bool = True) -> None
     The first build of the ``mini`` world trains it for many minutes; done here, its progress
     bars show in the terminal instead of disappearing into a chapter's kernel.
     """
-    from ..core.models import profile_model_path
-
     p = _as_profile(profile)
     if progress:
-        print(f"[memories] preparing the models of profile {p.name!r} (kind {p.model.kind})", file=sys.stderr)
-    profile_model_path(p, progress=progress)
+        print(f"[memories] preparing the models of profile {p.name!r} (world {p.world.kind})", file=sys.stderr)
+    open_world(p).prepare(progress=progress)
 
 
 def build_book(
@@ -490,9 +489,9 @@ def banner_markdown(profile: str | Profile, seed: int, device: str | None = None
         "",
         f"{prof.description.strip()}",
         "",
-        f"- **profile:** `{prof.name}` (model kind `{prof.model.kind}`, {prof.image_size} px images, "
+        f"- **profile:** `{prof.name}` (world `{prof.world.kind}`, "
         f"{prof.num_inference_steps} inference steps)",
-        f"- **device:** {device_label(resolved)}, dtype `{prof.dtype}`",
+        f"- **device:** {device_label(resolved)}, dtype `{prof.model.dtype}`",
         f"- **seed:** {seed}",
         f"- **versions:** memories_lib {__version__}, torch {torch.__version__}, "
         f"Python {sys.version.split()[0]}",

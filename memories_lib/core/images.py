@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -128,3 +129,32 @@ def save_image(image: torch.Tensor, path: str | Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Images (N, 3, H, W) in [0, 1] with their captions, a name for figures and tables, and how it was made."""
+
+    name: str
+    images: torch.Tensor
+    prompts: tuple[str, ...]
+    info: Mapping[str, Any] = field(default_factory=dict, compare=False)  # how it was made (e.g. acceptance)
+
+    def __post_init__(self) -> None:
+        if self.images.dim() != 4 or self.images.shape[1] != 3:
+            raise ValueError(f"image set {self.name!r}: images must be (N, 3, H, W), got {tuple(self.images.shape)}")
+        if len(self.prompts) != self.images.shape[0]:
+            raise ValueError(
+                f"image set {self.name!r}: {self.images.shape[0]} images but {len(self.prompts)} prompts"
+            )
+        object.__setattr__(self, "prompts", tuple(self.prompts))
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+def seeded_choice(n_total: int, n: int, generator: torch.Generator) -> list[int]:
+    """``n`` distinct indices of ``range(n_total)``, drawn with ``generator`` and sorted (never file-system order)."""
+    if n > n_total:
+        raise ValueError(f"cannot choose {n} items out of {n_total}")
+    return sorted(torch.randperm(n_total, generator=generator)[:n].tolist())

@@ -1,23 +1,23 @@
-"""How well a concept is erased: generate from prompts, let a classifier judge, count.
+"""How well a concept is erased: generate from prompts, let a detector judge, count.
 
 The UCE paper's object experiment generates images from prompts naming a class and counts
 how often a classifier (ResNet-50) still sees that class, for the erased class and for the
 others. :func:`judged_generations` does the generating and judging for any model and any
-classifier with a ``predict_proba(images01) -> {head: (N, K) probabilities}`` method (the
-shapes world's :class:`~memories_lib.worlds.shapes.classifier.ShapesClassifier`); results go through
-the results store, keyed by the model's weights hash, the classifier's weights, the prompts
-and the sampling settings, so rerunning a chapter does not regenerate.
+detector with ``heads`` (head -> label names), ``predict_proba(images01) -> {head: (N, K)
+probabilities}`` and ``identity()`` (a world's :class:`~memories_lib.worlds.base.Detector`);
+results go through the results store, keyed by the model's weights hash, the detector's
+identity, the prompts and the sampling settings, so rerunning a chapter does not regenerate.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from .models import LDM, hash_modules
+from .models import LDM
 from .sampling import generate
 from .store import Store, default_store
 
@@ -51,10 +51,18 @@ class JudgedGenerations:
         return {str(v): float(c) / len(self.prompts) for v, c in zip(values, counts)}
 
 
+def concept_head(detector: Any, concept: str) -> str:
+    """The head of ``detector`` that has ``concept`` among its labels (ValueError listing them otherwise)."""
+    for head, labels in detector.heads.items():
+        if concept in labels:
+            return head
+    known = [label for labels in detector.heads.values() for label in labels]
+    raise ValueError(f"the detector has no label {concept!r}; its labels are {known}")
+
+
 def judged_generations(
     ldm: LDM,
-    classifier: torch.nn.Module,
-    label_names: Mapping[str, Sequence[str]],
+    detector: Any,
     prompts: Sequence[str],
     *,
     seed: int,
@@ -64,7 +72,7 @@ def judged_generations(
     store: Store | None = None,
     progress: bool = True,
 ) -> JudgedGenerations:
-    """Generate one image per prompt (seeds from ``torch.Generator().manual_seed(seed)``) and classify them.
+    """Generate one image per prompt (seeds from ``torch.Generator().manual_seed(seed)``) and let ``detector`` judge them.
 
     The same ``seed`` gives the same seeds z_T for every model, so base and erased models are
     compared image for image. Cached in ``store`` (default: the project's results store).
@@ -76,7 +84,7 @@ def judged_generations(
     parts = {
         "kind": "erasure/judged_generations",
         "model": ldm.weights_hash(),
-        "classifier": hash_modules(classifier),
+        "classifier": detector.identity(),
         "prompts": prompts,
         "seed": int(seed),
         "num_steps": int(num_steps),
@@ -87,7 +95,7 @@ def judged_generations(
         generator = torch.Generator().manual_seed(int(seed))
         _, images = generate(ldm, prompts, generator, num_steps, guidance_scale, batch_size=batch_size,
                              progress=progress)
-        proba = classifier.predict_proba(images)
+        proba = detector.predict_proba(images)
         tensors = {"images": (images * 255).round().to(torch.uint8)}
         tensors.update({f"proba.{head}": p.float().cpu() for head, p in proba.items()})
         return tensors, {"n": len(prompts)}
@@ -95,8 +103,9 @@ def judged_generations(
     entry = store.get_or_compute(parts, compute)
     images = entry.tensors["images"].float() / 255
     proba = {k.split(".", 1)[1]: v for k, v in entry.tensors.items() if k.startswith("proba.")}
+    label_names = detector.heads
     unknown = sorted(set(proba) - set(label_names))
     if unknown:
-        raise ValueError(f"the classifier has head(s) {unknown} that label_names does not name")
+        raise ValueError(f"the stored judgement has head(s) {unknown} that the detector does not have")
     labels = {head: np.asarray(label_names[head])[p.argmax(-1).numpy()] for head, p in proba.items()}
     return JudgedGenerations(prompts=prompts, images=images, proba=proba, labels=labels)

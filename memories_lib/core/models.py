@@ -2,13 +2,15 @@
 
 Every world is loaded the same way: from a folder in the diffusers layout
 (``vae/``, ``unet/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``) or a hub id.
-The ``tiny`` world first builds such a folder from random weights (deterministically
-from a seed); the ``mini`` world first trains one (``memories_lib.worlds.shapes``).
+Tiny random-weight models of the same classes are built into such a folder by
+:func:`build_tiny_ldm` (deterministic given a seed); a world prepares its own base model
+(``memories_lib.worlds``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +20,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel
 
 from .paths import cache_dir
-from .profile import Profile
+from .store import write_folder_atomically
 from .tokenizer import SPECIAL_TOKENS, build_word_tokenizer, tokenize
 
 SUBFOLDERS = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")
@@ -122,31 +124,6 @@ def load_ldm(source: str | Path, device: str = "cpu", dtype: torch.dtype = torch
     return LDM(vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler, source=source)
 
 
-def profile_model_path(profile: Profile, progress: bool = True) -> str | Path:
-    """Where a profile's base model lives, built (tiny) or trained (mini) first if it is not there yet.
-
-    A ``mini`` model is trained with every stage of its world (the judges too), with progress
-    bars when ``progress``; a ``pretrained`` model is its ``source``, which nothing here fetches.
-    """
-    spec = profile.model
-    if spec.kind == "tiny":
-        path = cache_dir() / "models" / f"tiny-{profile.image_size}-seed{spec.seed}"
-        if not (path / "model_index.json").is_file():
-            build_tiny_ldm(path, seed=spec.seed, image_size=profile.image_size)
-        return path
-    if spec.kind == "mini":
-        from ..worlds.shapes.train import ensure_trained  # the embedded shapes world
-
-        return ensure_trained(dict(spec.config), progress=progress)
-    return spec.source
-
-
-def load_profile_models(profile: Profile, device: str | None = None) -> LDM:
-    """The base model of a profile, built or trained first where the profile says so."""
-    device = device or profile.resolve_device()
-    return load_ldm(profile_model_path(profile), device=device, dtype=profile.torch_dtype())
-
-
 # --------------------------------------------------------------------------- tiny models
 
 TINY_WORDS = (
@@ -214,14 +191,8 @@ def build_tiny_ldm(path: str | Path, seed: int = 0, image_size: int = 32, words=
 
 def save_ldm(path: str | Path, *, vae, unet, text_encoder, tokenizer, scheduler) -> Path:
     """Write the pieces in the diffusers layout, atomically (a half-written folder is never seen)."""
-    import json
-    import shutil
-    import tempfile
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-    try:
+    def write(tmp: Path) -> None:
         vae.save_pretrained(tmp / "vae")
         unet.save_pretrained(tmp / "unet")
         text_encoder.save_pretrained(tmp / "text_encoder")
@@ -236,13 +207,8 @@ def save_ldm(path: str | Path, *, vae, unet, text_encoder, tokenizer, scheduler)
             "scheduler": ["diffusers", "DDIMScheduler"],
         }
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+
+    return write_folder_atomically(path, write)
 
 
 # --------------------------------------------------------------------------- helpers

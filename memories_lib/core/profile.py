@@ -1,7 +1,16 @@
-"""Profiles: one YAML file per world (``tiny``, ``mini``, ``sd14``), parsed into a frozen dataclass.
+"""Profiles: one YAML file per world (``tiny``, ``mini``, a Stable Diffusion world), parsed into frozen dataclasses.
 
-A profile is data. It names the model, the sizes and the step counts of a world, and the
-default values of the notebooks' papermill parameters. The library never branches on a
+A profile is data. It has typed sections:
+
+``model``          how the world's models run: DDIM steps, guidance, device, dtype;
+``world``          which world (``kind``) and that world's own settings, which the world
+                   reads itself (``memories_lib.worlds``; the only reader of ``kind``);
+``erased_models``  the erased models the chapters compare, by name: a method of the erasure
+                   registry and its parameters (a published checkpoint is the method
+                   ``checkpoint`` with the files' paths);
+``parameters``     default values of the chapters' papermill parameters.
+
+Unknown keys are errors that name the file and the key. The library never branches on a
 profile's *name*; it reads the profile's fields.
 """
 
@@ -22,62 +31,45 @@ class ProfileError(ValueError):
     """A profile that cannot be found or does not parse."""
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """Where a profile's latent diffusion model comes from.
+def _frozen(value: Any) -> Any:
+    """Read-only copies of nested mappings and lists (a profile is never changed after loading)."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: _frozen(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    return value
 
-    kind:
-      ``tiny``       tiny random-weight models built deterministically from ``seed``;
-      ``pretrained`` a diffusers folder or hub id in ``source`` (SD 1.4 and the like);
-      ``mini``       the embedded shapes world, trained by this project from ``config``.
-    """
 
-    kind: str
-    source: str | None = None
-    seed: int = 0
-    config: Mapping[str, Any] = field(default_factory=dict)
-
-    KINDS = ("tiny", "pretrained", "mini")
-
-    def __post_init__(self) -> None:
-        if self.kind not in self.KINDS:
-            raise ProfileError(f"model.kind must be one of {self.KINDS}, got {self.kind!r}")
-        if self.kind == "pretrained" and not self.source:
-            raise ProfileError("model.kind 'pretrained' needs model.source (a folder or hub id)")
-        object.__setattr__(self, "config", MappingProxyType(dict(self.config)))
+def thaw(value: Any) -> Any:
+    """Plain dicts and lists again (for code that wants to change or serialise a section)."""
+    if isinstance(value, Mapping):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [thaw(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True)
-class Profile:
-    """A world: its model, image size, step counts and notebook parameter defaults."""
+class ModelSection:
+    """How the world's diffusion model runs (every world has one)."""
 
-    name: str
-    description: str
-    model: ModelSpec
-    image_size: int
     num_inference_steps: int
-    guidance_scale: float = 1.0
-    seed: int = 0
+    guidance_scale: float = 1.0  # classifier-free guidance when generating from prompts
     device: str = "cpu"          # "cpu", "cuda", "cuda:N" or "auto"
     dtype: str = "float32"       # "float32", "float16" or "float64"
-    concepts: tuple[str, ...] = ()
-    erased_models: Mapping[str, Any] = field(default_factory=dict)
-    data: Mapping[str, Any] = field(default_factory=dict)
-    parameters: Mapping[str, Any] = field(default_factory=dict)
 
     DTYPES = ("float32", "float16", "float64")
 
     def __post_init__(self) -> None:
-        if self.image_size <= 0 or self.num_inference_steps <= 0:
-            raise ProfileError(f"profile {self.name!r}: image_size and num_inference_steps must be positive")
+        if not isinstance(self.num_inference_steps, int) or self.num_inference_steps <= 0:
+            raise ProfileError(f"model.num_inference_steps must be a positive integer, got {self.num_inference_steps!r}")
         if self.dtype not in self.DTYPES:
-            raise ProfileError(f"profile {self.name!r}: dtype must be one of {self.DTYPES}, got {self.dtype!r}")
-        object.__setattr__(self, "concepts", tuple(self.concepts))
-        for name in ("erased_models", "data", "parameters"):
-            object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
+            raise ProfileError(f"model.dtype must be one of {self.DTYPES}, got {self.dtype!r}")
+        if not isinstance(self.guidance_scale, (int, float)) or self.guidance_scale < 0:
+            raise ProfileError(f"model.guidance_scale must be a number >= 0, got {self.guidance_scale!r}")
 
     def resolve_device(self) -> str:
-        """The torch device this profile runs on ("auto" picks CUDA when there is one)."""
+        """The torch device ("auto" picks CUDA when there is one)."""
         import torch
 
         if self.device == "auto":
@@ -90,13 +82,84 @@ class Profile:
         return getattr(torch, self.dtype)
 
 
+@dataclass(frozen=True)
+class WorldSection:
+    """Which world, and its own settings (``options``: read and checked by that world's class)."""
+
+    kind: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kind, str) or not self.kind:
+            raise ProfileError(f"world.kind must be a non-empty string, got {self.kind!r}")
+        object.__setattr__(self, "options", _frozen(dict(self.options)))
+
+
+@dataclass(frozen=True)
+class ErasedModelSpec:
+    """One erased model of the profile: ``method`` of the erasure registry with ``params``.
+
+    In YAML either ``NAME: {param: value, ...}`` (the method is NAME) or
+    ``NAME: {method: METHOD, params: {...}}`` (several entries of one method, or a published
+    checkpoint: ``method: checkpoint``).
+    """
+
+    name: str
+    method: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "params", _frozen(dict(self.params)))
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A world: its model settings, the world, its concepts, erased models and chapter defaults."""
+
+    name: str
+    description: str
+    model: ModelSection
+    world: WorldSection
+    interpret: bool = True  # False: numbers only show that the code runs (random weights)
+    seed: int = 0
+    concepts: tuple[str, ...] = ()
+    erased_models: Mapping[str, ErasedModelSpec] = field(default_factory=dict)
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    source: str = ""  # the file it was read from (for error messages)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.interpret, bool):
+            raise ProfileError(f"profile {self.name!r}: interpret must be true or false, got {self.interpret!r}")
+        object.__setattr__(self, "concepts", tuple(self.concepts))
+        object.__setattr__(self, "erased_models", MappingProxyType(dict(self.erased_models)))
+        object.__setattr__(self, "parameters", _frozen(dict(self.parameters)))
+
+    # Shortcuts for the settings every chapter reads.
+    @property
+    def num_inference_steps(self) -> int:
+        return self.model.num_inference_steps
+
+    @property
+    def guidance_scale(self) -> float:
+        return float(self.model.guidance_scale)
+
+    def resolve_device(self) -> str:
+        return self.model.resolve_device()
+
+    def torch_dtype(self):
+        return self.model.torch_dtype()
+
+
 def list_profiles() -> list[str]:
     """Names of the profiles shipped with the library."""
     return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
 
 
-def _check_keys(cls: type, raw: Mapping[str, Any], where: str) -> None:
-    known = {f.name for f in dataclasses.fields(cls)}
+def check_keys(cls: type, raw: Mapping[str, Any], where: str, skip: tuple[str, ...] = ()) -> None:
+    """Unknown keys of ``raw`` (not fields of the dataclass ``cls``) and missing required ones raise ProfileError."""
+    if not isinstance(raw, Mapping):
+        raise ProfileError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)} - set(skip)
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ProfileError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(known)}")
@@ -104,6 +167,7 @@ def _check_keys(cls: type, raw: Mapping[str, Any], where: str) -> None:
         f.name
         for f in dataclasses.fields(cls)
         if f.name not in raw
+        and f.name not in skip
         and f.default is dataclasses.MISSING
         and f.default_factory is dataclasses.MISSING
     )
@@ -111,19 +175,48 @@ def _check_keys(cls: type, raw: Mapping[str, Any], where: str) -> None:
         raise ProfileError(f"{where}: missing key(s) {missing}")
 
 
+def _erased_models(raw: Any, where: str) -> dict[str, ErasedModelSpec]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ProfileError(f"{where}: erased_models must be a mapping of name -> settings")
+    out = {}
+    for name, value in raw.items():
+        value = {} if value is None else value
+        if not isinstance(value, Mapping):
+            raise ProfileError(f"{where}: erased_models.{name} must be a mapping, got {value!r}")
+        if "method" in value:
+            extra = sorted(set(value) - {"method", "params"})
+            if extra:
+                raise ProfileError(
+                    f"{where}: erased_models.{name}: with 'method', the settings go under 'params' "
+                    f"(unknown key(s) {extra})"
+                )
+            out[name] = ErasedModelSpec(str(name), str(value["method"]), value.get("params") or {})
+        else:
+            out[name] = ErasedModelSpec(str(name), str(name), value)
+    return out
+
+
 def parse_profile(raw: Mapping[str, Any], where: str = "profile") -> Profile:
     """Build a :class:`Profile` from a mapping (the parsed YAML); unknown keys are an error."""
     if not isinstance(raw, Mapping):
         raise ProfileError(f"{where}: expected a mapping at the top level, got {type(raw).__name__}")
-    _check_keys(Profile, raw, where)
-    model_raw = raw["model"]
-    if not isinstance(model_raw, Mapping):
-        raise ProfileError(f"{where}: 'model' must be a mapping")
-    _check_keys(ModelSpec, model_raw, f"{where}: model")
+    check_keys(Profile, raw, where, skip=("source",))
+    check_keys(ModelSection, raw["model"], f"{where}: model")
+    world = raw["world"]
+    if not isinstance(world, Mapping) or "kind" not in world:
+        raise ProfileError(f"{where}: world must be a mapping with a 'kind'")
     values = dict(raw)
-    values["model"] = ModelSpec(**model_raw)
     try:
-        return Profile(**values)
+        values["model"] = ModelSection(**raw["model"])
+        values["world"] = WorldSection(world["kind"], {k: v for k, v in world.items() if k != "kind"})
+        values["erased_models"] = _erased_models(raw.get("erased_models"), where)
+        return Profile(**values, source=where)
+    except ProfileError as err:
+        if str(err).startswith(where):
+            raise
+        raise ProfileError(f"{where}: {err}") from err
     except TypeError as err:  # a wrong type inside the dataclass checks
         raise ProfileError(f"{where}: {err}") from err
 
@@ -142,4 +235,4 @@ def load_profile(name_or_path: str | Path) -> Profile:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ProfileError(f"profile file {path} is not valid YAML: {err}") from err
-    return parse_profile(raw, where=f"profile {path.name}")
+    return parse_profile(raw, where=f"profile {path.name}" if path.parent == PROFILES_DIR else f"profile {path}")

@@ -1,4 +1,9 @@
-"""A content-addressed, resumable store for computed results (seeds, reconstructions, scores).
+"""The project's one keyed cache: computed results (seeds, reconstructions, scores) and model folders.
+
+Every cached thing is addressed by :func:`content_key`, the SHA-256 of a canonical JSON of everything
+that determines it. Results (tensors and metadata) live in a :class:`Store`; whole folders (a trained
+world, an erased model in the diffusers layout) live under :func:`keyed_folder` and are written with
+:func:`write_folder_atomically` under :func:`locked`.
 
 An entry is addressed by a key: the SHA-256 of a canonical JSON of everything that determines the
 result (model weights hash, image hash, method, parameters). It is kept as two files,
@@ -12,16 +17,20 @@ overwritten. ``get`` checks the checksum, so a truncated or altered entry raises
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
+import fcntl
 import hashlib
 import json
 import math
 import os
+import re
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import safetensors.torch
@@ -127,6 +136,70 @@ def canonical_json(parts: dict[str, Any]) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
 
+def content_key(**parts: Any) -> str:
+    """SHA-256 (64 hex digits) of the canonical JSON of ``parts``: the key of every cached thing.
+
+    Parts are JSON-like values (str, int, float, bool, None, lists, dicts with str keys), Paths
+    (as strings), enums and dataclasses (as their fields). Tensors and arrays are refused with a
+    TypeError: pass ``hash_tensor(t)`` instead. ``1`` and ``1.0`` give different keys.
+    """
+    if not parts:
+        raise ValueError("content_key needs at least one part")
+    return hashlib.sha256(canonical_json(parts).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- folders
+
+
+def _slug(label: str) -> str:
+    return re.sub(r"[^a-z0-9+.-]+", "_", label.lower()).strip("_")[:60] or "item"
+
+
+def keyed_folder(namespace: str, label: str, parts: dict[str, Any], root: str | Path | None = None) -> Path:
+    """Where a cached folder lives: ``<root>/<namespace>/<label>-<first 16 digits of its key>``.
+
+    ``root`` defaults to :func:`~memories_lib.core.paths.cache_dir`; ``label`` is for people
+    (e.g. ``esd-x-triangle``); the key, made of ``parts``, is what tells folders apart.
+    """
+    base = Path(root) if root is not None else cache_dir()
+    return base / namespace / f"{_slug(label)}-{content_key(**parts)[:16]}"
+
+
+@contextlib.contextmanager
+def locked(folder: str | Path) -> Iterator[None]:
+    """An exclusive lock on ``folder`` (created if needed), so two processes never build it at once."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def write_folder_atomically(target: str | Path, write: Callable[[Path], None]) -> Path:
+    """Run ``write(tmp)`` into a fresh temporary folder beside ``target``, then move it to ``target``.
+
+    Readers see either the old folder or the complete new one, never a half-written one; a
+    failed ``write`` leaves nothing behind.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp_parent = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        tmp = tmp_parent / target.name
+        write(tmp)
+        if not tmp.is_dir():
+            raise FileNotFoundError(f"writing {target} produced no folder")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp_parent, ignore_errors=True)
+    return target
+
+
 # --------------------------------------------------------------------------- files
 
 
@@ -172,17 +245,7 @@ class Store:
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"
 
-    @staticmethod
-    def key(**parts: Any) -> str:
-        """SHA-256 (hex) of the canonical JSON of ``parts``.
-
-        Parts are JSON-like values (str, int, float, bool, None, lists, dicts with str keys), Paths
-        (as strings), enums and dataclasses (as their fields). Tensors and arrays are refused with a
-        TypeError: pass ``hash_tensor(t)`` instead. ``1`` and ``1.0`` give different keys.
-        """
-        if not parts:
-            raise ValueError("Store.key needs at least one part")
-        return hashlib.sha256(canonical_json(parts).encode()).hexdigest()
+    key = staticmethod(content_key)
 
     def paths(self, key: str) -> tuple[Path, Path]:
         """(tensor file, metadata file) of an entry."""

@@ -19,31 +19,11 @@ import torch
 from ..core import metrics
 from ..inversion import api as inversion
 from ..core.models import LDM, decode_latents, encode_images
+from ..core.images import ImageSet, seeded_choice
 from ..core.store import Store, hash_tensor
 
 #: Bump when the record's definition changes (a new field, another PSNR convention).
 RECORD_VERSION = 1
-
-
-@dataclass(frozen=True)
-class ImageSet:
-    """Images (N, 3, H, W) in [0, 1] with their captions, and a name for figures and tables."""
-
-    name: str
-    images: torch.Tensor
-    prompts: tuple[str, ...]
-
-    def __post_init__(self) -> None:
-        if self.images.dim() != 4 or self.images.shape[1] != 3:
-            raise ValueError(f"image set {self.name!r}: images must be (N, 3, H, W), got {tuple(self.images.shape)}")
-        if len(self.prompts) != self.images.shape[0]:
-            raise ValueError(
-                f"image set {self.name!r}: {self.images.shape[0]} images but {len(self.prompts)} prompts"
-            )
-        object.__setattr__(self, "prompts", tuple(self.prompts))
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
 
 
 @dataclass(frozen=True)
@@ -143,13 +123,6 @@ def summarise(
         row[f"rd_{distance}_low"] = rd.low
         row[f"rd_{distance}_high"] = rd.high
     return row
-
-
-def seeded_choice(n_total: int, n: int, generator: torch.Generator) -> list[int]:
-    """``n`` distinct indices of ``range(n_total)``, drawn with ``generator`` and sorted (never file-system order)."""
-    if n > n_total:
-        raise ValueError(f"cannot choose {n} items out of {n_total}")
-    return sorted(torch.randperm(n_total, generator=generator)[:n].tolist())
 
 
 def stack_sets(sets: Sequence[ImageSet], name: str) -> ImageSet:

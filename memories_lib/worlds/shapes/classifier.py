@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ...core.models import hash_modules
 from .data import BACKGROUNDS, COLOURS, SHAPES
 
 #: The classifier's heads and the label names of each; a head is named like a ShapeSpec field.
@@ -60,6 +61,15 @@ class ShapesClassifier(nn.Module):
         self.image_size = int(image_size)
         self.trunk, features = conv_trunk(self.channels, self.image_size)
         self.heads = nn.ModuleDict({name: nn.Linear(features, len(labels)) for name, labels in HEADS.items()})
+
+    @property
+    def heads(self) -> dict[str, tuple[str, ...]]:
+        """The label names of every head (the detector interface of a world)."""
+        return HEADS
+
+    def identity(self) -> str:
+        """A content hash of the weights (keys cached judgements)."""
+        return hash_modules(self)
 
     def forward(self, images01: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logits of every head, ``{"shape": (B, 5), "colour": (B, 6), "background": (B, 3)}``."""

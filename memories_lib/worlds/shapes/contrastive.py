@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ...core.models import hash_modules
 from .classifier import conv_trunk
 from .data import vocabulary
 
@@ -43,6 +44,10 @@ class ShapesCLIP(nn.Module):
         self.text_mlp = nn.Sequential(nn.Linear(self.embed_dim, 2 * self.embed_dim), nn.SiLU(),
                                       nn.Linear(2 * self.embed_dim, self.embed_dim))
         self.logit_scale = nn.Parameter(torch.tensor(2.5))  # log of the inverse temperature
+
+    def identity(self) -> str:
+        """A content hash of the weights and vocabulary (keys cached scores)."""
+        return hash_modules(self) + "-" + str(len(self.words))
 
     def _device(self) -> torch.device:
         return self.logit_scale.device

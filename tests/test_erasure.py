@@ -1,25 +1,26 @@
-"""UCE, ESD and cached erased variants on a tiny random SD-layout model."""
+"""UCE, ESD, published checkpoints and cached erased models on a tiny random SD-layout model."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from memories_lib.core.concepts import ConceptPrompts
+from memories_lib.core.models import build_tiny_ldm, hash_modules, load_ldm
 from memories_lib.erasure import (
     ESDConfig,
     cross_attention_projections,
-    erased_model,
+    erase,
+    erased_path,
     esd_erase,
     esd_parameter_names,
-    read_variant_info,
+    read_info,
     token_embeddings,
     uce_debias,
     uce_erase,
     uce_moderate,
-    variant_path,
 )
-from memories_lib.erasure import variants as variants_module
-from memories_lib.core.models import build_tiny_ldm, hash_modules, load_ldm
+from memories_lib.erasure import registry as registry_module
 
 ERASE, GUIDE = "a triangle", "a circle"
 PRESERVE = ["a star", "a square", "a red cross"]
@@ -267,56 +268,87 @@ def test_esd_config_is_validated():
         ESDConfig(lr=0)
 
 
-# --------------------------------------------------------------------------- cached variants
+# --------------------------------------------------------------------------- cached erased models
+
+CONCEPT = ConceptPrompts("triangle", (ERASE, "a red triangle"), (GUIDE, "a red circle"), tuple(PRESERVE))
 
 
-def test_erased_variant_is_saved_loadable_and_reused(ldm, monkeypatch, tmp_path):
-    params = {"guides": GUIDE, "preserve": PRESERVE}
-    first = erased_model(ldm, "uce", [ERASE], params, progress=False)
+def test_erased_model_is_saved_loadable_and_reused(ldm, monkeypatch, tmp_path):
+    first = erase(ldm, "uce", CONCEPT, progress=False)
     assert not first.from_cache
-    assert first.path.parent == tmp_path / "cache" / "erased"
-    assert first.path == variant_path(ldm, "uce", [ERASE], params)
-    info = read_variant_info(first.path)
+    assert first.path.parent == tmp_path / "cache" / "erased" and first.path.name.startswith("uce-triangle-")
+    assert first.path == erased_path(ldm, "uce", CONCEPT)
+    info = read_info(first.path)
     assert info["base_hash"] == ldm.weights_hash() and info["params"]["lamb"] == 0.5
-    assert len(info["edited"]) == 8
+    assert info["prompts"] == list(CONCEPT.prompts) and len(info["edited"]) == 8
+    # the concept's own guides and preserved prompts, unless the parameters set them
+    assert first.params["guides"] == list(CONCEPT.guides) and first.params["preserve"] == PRESERVE
 
-    loaded = load_ldm(first.path)
-    direct = uce_erase(ldm.unet, ldm.text_encoder, ldm.tokenizer, [ERASE], guides=GUIDE, preserve=PRESERVE)
+    loaded = first.load(load_ldm)
+    direct = uce_erase(ldm.unet, ldm.text_encoder, ldm.tokenizer, list(CONCEPT.prompts), guides=list(CONCEPT.guides),
+                       preserve=PRESERVE)
     assert hash_modules(loaded.unet) == hash_modules(direct.unet)
     assert hash_modules(loaded.text_encoder) == hash_modules(ldm.text_encoder)
     assert hash_modules(loaded.vae) == hash_modules(ldm.vae)
 
     def boom(*args, **kwargs):
-        raise AssertionError("the cached variant was recomputed")
+        raise AssertionError("the cached erased model was recomputed")
 
-    monkeypatch.setattr(variants_module, "uce_erase", boom)
-    second = erased_model(ldm, "uce", [ERASE], params, progress=False)
+    monkeypatch.setattr(registry_module, "uce_erase", boom)
+    second = erase(ldm, "uce", CONCEPT, progress=False)
     assert second.from_cache and second.path == first.path and second.info == info
 
-    # Any parameter change is a different variant (and would be computed).
-    other = variant_path(ldm, "uce", [ERASE], {**params, "lamb": 0.1})
-    assert other != first.path
+    # Any parameter change is a different model (and would be computed).
+    assert erased_path(ldm, "uce", CONCEPT, {"lamb": 0.1}) != first.path
     with pytest.raises(AssertionError, match="recomputed"):
-        erased_model(ldm, "uce", [ERASE], {**params, "lamb": 0.1}, progress=False)
+        erase(ldm, "uce", CONCEPT, {"lamb": 0.1}, progress=False)
+    # So is a change of the concept's prompts.
+    other = ConceptPrompts("triangle", (ERASE,), (GUIDE,), tuple(PRESERVE))
+    assert erased_path(ldm, "uce", other) != first.path
 
 
-def test_esd_variant_records_its_losses(ldm):
-    variant = erased_model(ldm, "esd-u", ERASE, {"iterations": 2, "lr": 1e-4, "ddim_steps": 2, "seed": 3}, progress=False)
-    assert variant.info["params"]["negative_guidance"] == 1.0 and len(variant.info["losses"]) == 2
-    assert erased_model(ldm, "esd-u", ERASE, {"iterations": 2, "lr": 1e-4, "ddim_steps": 2, "seed": 3}).from_cache
+def test_esd_erased_model_records_its_losses(ldm):
+    params = {"iterations": 2, "lr": 1e-4, "ddim_steps": 2, "seed": 3}
+    model = erase(ldm, "esd-u", CONCEPT, params, progress=False)
+    assert model.info["params"]["negative_guidance"] == 1.0 and len(model.info["losses"]) == 2
+    assert "preserve" not in model.params and model.info["prompts"] == list(CONCEPT.prompts)
+    assert erase(ldm, "esd-u", CONCEPT, params).from_cache
 
 
-def test_erased_model_rejects_bad_requests(ldm):
-    with pytest.raises(ValueError, match="unknown erasure method"):
-        erased_model(ldm, "fmn", ERASE)
-    with pytest.raises(ValueError, match="unknown parameter"):
-        erased_model(ldm, "uce", ERASE, {"lambda": 0.5})
-    with pytest.raises(ValueError, match="needs the parameter"):
-        erased_model(ldm, "uce-debias", "a shape", {"attributes": ["red", "blue"]})
-    with pytest.raises(ValueError, match="at least one concept"):
-        erased_model(ldm, "esd-x", [], {"iterations": 1})
+def test_debiasing_edits_the_shortest_prompt_only(ldm):
+    ratios = iter([{"red": 0.8, "blue": 0.2}, {"red": 0.5, "blue": 0.5}])
+    params = {"attributes": ["red", "blue"], "measure": "planted ratios", "max_iterations": 3}
+    model = erase(ldm, "uce-debias", CONCEPT, params, measure_ratio=lambda unet: next(ratios), progress=False)
+    assert model.info["prompts"] == [CONCEPT.prompt] and model.info["converged"]
+
+
+def test_erase_rejects_bad_requests(ldm):
+    with pytest.raises(ValueError, match="unknown erasure method 'fmn'.*esd-x"):
+        erase(ldm, "fmn", CONCEPT)
+    with pytest.raises(ValueError, match="unknown parameter.*lambda"):
+        erase(ldm, "uce", CONCEPT, {"lambda": 0.5})
+    with pytest.raises(ValueError, match="needs the parameter.*measure"):
+        erase(ldm, "uce-debias", CONCEPT, {"attributes": ["red", "blue"]})
+    with pytest.raises(ValueError, match="learning rate"):
+        erase(ldm, "esd-x", CONCEPT, {"lr": 0})
+    with pytest.raises(ValueError, match="at least one prompt"):
+        ConceptPrompts("triangle", (), ())
     with pytest.raises(ValueError, match="non-empty concept prompts"):
-        erased_model(ldm, "esd-x", ["a star", " "], {"iterations": 1})
+        erase(ldm, "esd-x", ConceptPrompts("star", ("a star", " "), ("", "")), {"iterations": 1})
+
+
+def test_published_checkpoint_is_applied_per_concept(ldm, tmp_path):
+    state = {k: v + 0.01 for k, v in ldm.unet.state_dict().items()}
+    torch.save(state, tmp_path / "esd-triangle.pt")
+    params = {"paths": {"triangle": str(tmp_path / "esd-triangle.pt")}}
+    model = erase(ldm, "checkpoint", CONCEPT, params)
+    assert model.path is None and model.ldm is not None
+    assert torch.equal(model.load(load_ldm).unet.state_dict()["conv_in.weight"], state["conv_in.weight"])
+    assert hash_modules(model.ldm.vae) == hash_modules(ldm.vae)
+    with pytest.raises(ValueError, match="no file for the concept 'star'"):
+        erase(ldm, "checkpoint", ConceptPrompts("star", ("a star",), ("",)), params)
+    with pytest.raises(ValueError, match="component must be one of"):
+        erase(ldm, "checkpoint", CONCEPT, {**params, "component": "vae"})
 
 
 def test_esd_with_several_prompts_trains_on_each(ldm):
@@ -344,7 +376,7 @@ def test_judged_generations_are_classified_and_cached(ldm, tmp_path, monkeypatch
     store = Store(tmp_path / "store")
     prompts = ["a red triangle", "a blue star", "a circle"]
     kwargs = dict(seed=3, num_steps=2, guidance_scale=2.0, store=store, progress=False)
-    first = judged_generations(ldm, classifier, HEADS, prompts, **kwargs)
+    first = judged_generations(ldm, classifier, prompts, **kwargs)
     assert first.images.shape == (3, 3, 32, 32) and 0 <= first.images.min() and first.images.max() <= 1
     assert set(first.labels) == set(HEADS) and first.proba["shape"].shape == (3, len(HEADS["shape"]))
     expected = first.proba["shape"].argmax(-1)
@@ -359,48 +391,7 @@ def test_judged_generations_are_classified_and_cached(ldm, tmp_path, monkeypatch
         raise AssertionError("regenerated although the result is stored")
 
     monkeypatch.setattr(judging, "generate", boom)
-    again = judged_generations(ldm, classifier, HEADS, prompts, **kwargs)
+    again = judged_generations(ldm, classifier, prompts, **kwargs)
     assert torch.equal(again.images, first.images) and list(again.labels["colour"]) == list(first.labels["colour"])
     with pytest.raises(AssertionError, match="regenerated"):
-        judged_generations(ldm, classifier, HEADS, prompts, **{**kwargs, "seed": 4})
-
-
-# --------------------------------------------------------------------------- concepts
-
-
-def test_concept_prompts_follow_the_caption_grammar():
-    from memories_lib.erasure import concept_prompts
-    from memories_lib.worlds.shapes.data import BACKGROUNDS, COLOURS, SHAPES
-
-    tri = concept_prompts("triangle")
-    assert tri.prompt == "a triangle" and len(tri.prompts) == len(tri.guides) == 4 * 7  # (bg or none) x (colour or none)
-    assert len(set(tri.prompts)) == len(tri.prompts) and all("triangle" in p for p in tri.prompts)
-    pairs = dict(zip(tri.prompts, tri.guides))
-    assert pairs["a triangle"] == "a shape"
-    assert pairs["a red triangle on a striped background"] == "a red shape on a striped background"
-    assert len(tri.preserve) == 4 * 28 and not any("triangle" in p for p in tri.preserve)
-    assert "a purple star on a dotted background" in tri.preserve
-    stripes = concept_prompts("stripes")
-    assert stripes.prompt == "a shape on a striped background"
-    assert len(stripes.prompts) == (len(SHAPES) + 1) * (len(COLOURS) + 1)
-    assert dict(zip(stripes.prompts, stripes.guides))["a red star on a striped background"] == "a red star"
-    assert len(stripes.preserve) == (len(BACKGROUNDS) - 1) * len(stripes.prompts)
-    assert not any("striped" in p for p in stripes.preserve + stripes.guides)
-    church = concept_prompts("church")  # not a shapes-world concept: the official object defaults
-    assert (church.prompts, church.guides, church.preserve) == (("church",), ("",), ())
-    with pytest.raises(ValueError, match="non-empty"):
-        concept_prompts(" ")
-
-
-def test_erase_concept_fills_in_the_concept_prompts(ldm):
-    from memories_lib.erasure import concept_prompts, erase_concept
-
-    cp = concept_prompts("triangle")
-    variant = erase_concept(ldm, "uce", "triangle", progress=False)
-    assert variant.concepts == cp.prompts
-    assert variant.params["guides"] == list(cp.guides) and variant.params["preserve"] == list(cp.preserve)
-    assert erase_concept(ldm, "uce", "triangle").from_cache
-    own = erase_concept(ldm, "uce", "triangle", {"guides": "", "preserve": []}, progress=False)
-    assert own.path != variant.path and own.params["guides"] == ""
-    esd = erase_concept(ldm, "esd-x", "stripes", {"iterations": 1, "ddim_steps": 2}, progress=False)
-    assert esd.concepts == concept_prompts("stripes").prompts and "preserve" not in esd.params
+        judged_generations(ldm, classifier, prompts, **{**kwargs, "seed": 4})

@@ -3,7 +3,7 @@
 The UCE paper's object experiment generates images from prompts naming a class and counts
 how often a classifier (ResNet-50) still sees that class, for the erased class and for the
 others. :func:`judged_generations` does the generating and judging for any model and any
-detector with ``heads`` (head -> label names), ``predict_proba(images01) -> {head: (N, K)
+detector with ``label_names`` (head -> label names), ``predict_proba(images01) -> {head: (N, K)
 probabilities}`` and ``identity()`` (a world's :class:`~memories_lib.worlds.base.Detector`);
 results go through the results store, keyed by the model's weights hash, the detector's
 identity, the prompts and the sampling settings, so rerunning a chapter does not regenerate.
@@ -53,10 +53,10 @@ class JudgedGenerations:
 
 def concept_head(detector: Any, concept: str) -> str:
     """The head of ``detector`` that has ``concept`` among its labels (ValueError listing them otherwise)."""
-    for head, labels in detector.heads.items():
+    for head, labels in detector.label_names.items():
         if concept in labels:
             return head
-    known = [label for labels in detector.heads.values() for label in labels]
+    known = [label for labels in detector.label_names.values() for label in labels]
     raise ValueError(f"the detector has no label {concept!r}; its labels are {known}")
 
 
@@ -103,7 +103,7 @@ def judged_generations(
     entry = store.get_or_compute(parts, compute)
     images = entry.tensors["images"].float() / 255
     proba = {k.split(".", 1)[1]: v for k, v in entry.tensors.items() if k.startswith("proba.")}
-    label_names = detector.heads
+    label_names = detector.label_names
     unknown = sorted(set(proba) - set(label_names))
     if unknown:
         raise ValueError(f"the stored judgement has head(s) {unknown} that the detector does not have")

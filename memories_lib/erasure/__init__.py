@@ -1,14 +1,18 @@
-"""Concept erasure: the project's own UCE and ESD, cached erased variants, published checkpoints.
+"""Concept erasure: a registry of methods, the project's own UCE and ESD, published checkpoints.
 
+``registry``     every method by name, its parameters (a dataclass of official defaults) and what
+                 it changes; :func:`erase` runs one on a base model and a concept's prompts;
+``cache``        computed erased models are saved once as diffusers folders, keyed by what made them;
 ``uce``          closed-form editing of cross-attention (erase, moderate, debias);
 ``esd``          fine-tuning with negative guidance (ESD-x, ESD-u);
-``variants``     erased models computed once and cached as diffusers folders;
-``concepts``     a concept's erase/guide/preserve prompts, and the cached variant erasing it;
-``evaluate``     generations from prompts, judged by a classifier (accuracy after erasure);
 ``checkpoints``  published Stable Diffusion 1.4 checkpoints (UNet state dicts, partial edits,
                  replacement text encoders), loaded safely.
+
+Erasure receives a :class:`~memories_lib.core.concepts.ConceptPrompts` from a world and never
+imports a world.
 """
 
+from .cache import ErasedModel, erase, erased_path, read_info
 from .checkpoints import (
     CheckpointError,
     apply_text_encoder,
@@ -18,8 +22,8 @@ from .checkpoints import (
     read_state_dict,
     save_unet_weights,
 )
-from .concepts import ConceptPrompts, concept_prompts, erase_concept
 from .esd import ESD_METHODS, ESDConfig, ESDResult, esd_erase, esd_parameter_names
+from .registry import METHODS, ErasureMethod, get_method, resolve_params
 from .uce import (
     UCEResult,
     closed_form_weight,
@@ -29,35 +33,33 @@ from .uce import (
     uce_erase,
     uce_moderate,
 )
-from .variants import METHODS, ErasedVariant, erased_model, read_variant_info, resolve_params, variant_path
 
 __all__ = [
     "CheckpointError",
-    "ConceptPrompts",
     "ESDConfig",
     "ESDResult",
     "ESD_METHODS",
-    "ErasedVariant",
+    "ErasedModel",
+    "ErasureMethod",
     "METHODS",
     "UCEResult",
     "apply_text_encoder",
     "apply_unet_checkpoint",
     "closed_form_weight",
-    "concept_prompts",
     "cross_attention_projections",
-    "erase_concept",
-    "erased_model",
+    "erase",
+    "erased_path",
     "esd_erase",
     "esd_parameter_names",
+    "get_method",
     "load_erased",
     "load_text_encoder",
+    "read_info",
     "read_state_dict",
-    "read_variant_info",
     "resolve_params",
     "save_unet_weights",
     "token_embeddings",
     "uce_debias",
     "uce_erase",
     "uce_moderate",
-    "variant_path",
 ]

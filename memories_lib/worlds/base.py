@@ -37,12 +37,12 @@ class WorldError(ValueError):
 class Detector(Protocol):
     """A concept detector: class probabilities from one or more heads.
 
-    ``heads`` maps a head's name to its label names; a concept is judged by the head that has
-    it as a label. ``identity()`` is a content hash of the detector (it keys cached judgements).
+    ``label_names`` maps a head's name to its label names; a concept is judged by the head that
+    has it as a label. ``identity()`` is a content hash of the detector (it keys cached judgements).
     """
 
     @property
-    def heads(self) -> Mapping[str, Sequence[str]]: ...
+    def label_names(self) -> Mapping[str, Sequence[str]]: ...
 
     def predict_proba(self, images01: torch.Tensor) -> dict[str, torch.Tensor]: ...
 
@@ -67,6 +67,8 @@ class World(abc.ABC):
 
     kind: ClassVar[str]
     Spec: ClassVar[type]
+    ERASED_SET_TEXT: ClassVar[str]
+    REFERENCE_SET_TEXT: ClassVar[str]
 
     def __init__(self, profile: Profile):
         self.profile = profile
@@ -136,6 +138,14 @@ class World(abc.ABC):
     @abc.abstractmethod
     def naming_prompts(self, concept: str, n: int) -> list[str]:
         """``n`` prompts that name ``concept``, in a fixed order (the usual test of an erasure judges them)."""
+
+    @abc.abstractmethod
+    def caption_sample(self, concept: str, n: int, seed: int) -> list[str]:
+        """``n`` captions naming ``concept``, drawn with ``seed`` (varied, as a data set's captions are)."""
+
+    def describe(self) -> dict[str, str]:
+        """One sentence each on where this world's erased and reference sets come from (for the chapters)."""
+        return {"erased_set": self.ERASED_SET_TEXT, "reference_set": self.REFERENCE_SET_TEXT}
 
     # ------------------------------------------------------------------ models
 

@@ -63,7 +63,7 @@ class ShapesClassifier(nn.Module):
         self.heads = nn.ModuleDict({name: nn.Linear(features, len(labels)) for name, labels in HEADS.items()})
 
     @property
-    def heads(self) -> dict[str, tuple[str, ...]]:
+    def label_names(self) -> dict[str, tuple[str, ...]]:
         """The label names of every head (the detector interface of a world)."""
         return HEADS
 

@@ -1,0 +1,331 @@
+"""The erasure registry: every method by name, its parameters (a dataclass of defaults) and how it runs.
+
+A method either *computes* an erased model from the base model and a concept's prompts (UCE,
+ESD: the result is cached as a diffusers folder, see :mod:`memories_lib.erasure.cache`) or
+*loads* a published checkpoint (``checkpoint``: a UNet state dict or a replacement text encoder
+per concept, applied to the base model). A method receives a
+:class:`~memories_lib.core.concepts.ConceptPrompts` and never looks a concept up itself.
+
+Adding a method is one module with its algorithm and one :class:`ErasureMethod` entry here; the
+registry's contract test (``tests/test_erasure_registry.py``) then runs it on a tiny model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Mapping
+
+import torch
+
+from ..core.concepts import ConceptPrompts
+from ..core.models import LDM
+from .checkpoints import apply_text_encoder, apply_unet_checkpoint
+from .esd import ESDConfig, esd_erase, esd_parameter_names
+from .uce import (
+    DEFAULT_ERASE_SCALE,
+    DEFAULT_LAMBDA,
+    DEFAULT_PRESERVE_SCALE,
+    cross_attention_projections,
+    uce_debias,
+    uce_erase,
+)
+
+# --------------------------------------------------------------------------- parameters
+
+
+@dataclass(frozen=True)
+class UCEParams:
+    """UCE erasure (``uce_erase``); defaults of the official script. ``guides`` and ``preserve``
+    None: the concept's own (its prompts' guides; the prompts of the other concepts of its kind)."""
+
+    guides: str | list[str] | None = None
+    erase_scale: float = DEFAULT_ERASE_SCALE
+    preserve: list[str] | None = None
+    lamb: float = DEFAULT_LAMBDA
+    preserve_scale: float = DEFAULT_PRESERVE_SCALE
+    token: str = "last"
+    projections: list[str] = field(default_factory=lambda: ["to_k", "to_v"])
+
+
+@dataclass(frozen=True)
+class UCEModerateParams:
+    """UCE moderation: erasure towards the empty prompt. ``preserve`` None: the concept's own."""
+
+    erase_scale: float = DEFAULT_ERASE_SCALE
+    preserve: list[str] | None = None
+    lamb: float = DEFAULT_LAMBDA
+    preserve_scale: float = DEFAULT_PRESERVE_SCALE
+    token: str = "last"
+    projections: list[str] = field(default_factory=lambda: ["to_k", "to_v"])
+
+
+@dataclass(frozen=True)
+class UCEDebiasParams:
+    """UCE debiasing of the concept's shortest prompt over ``attributes``; needs a ``measure_ratio`` callback.
+
+    ``measure`` describes that measurement (classifier, prompts, samples) and is part of the cache key.
+    """
+
+    attributes: list[str] | None = None
+    measure: str | None = None
+    desired_ratios: list[float] | None = None
+    edit_scale: float = DEFAULT_ERASE_SCALE
+    max_iterations: int = 30
+    max_diff: float = 0.05
+    step_size: float = 1.0
+    preserve: list[str] | None = None
+    lamb: float = DEFAULT_LAMBDA
+    preserve_scale: float = DEFAULT_PRESERVE_SCALE
+    token: str = "last"
+    projections: list[str] = field(default_factory=lambda: ["to_k", "to_v"])
+
+    REQUIRED = ("attributes", "measure")
+
+
+@dataclass(frozen=True)
+class ESDParams:
+    """ESD (see :class:`~memories_lib.erasure.esd.ESDConfig`; official SD 1.4 defaults) and its seed."""
+
+    iterations: int = ESDConfig.iterations
+    lr: float = ESDConfig.lr
+    negative_guidance: float = ESDConfig.negative_guidance
+    start_guidance: float = ESDConfig.start_guidance
+    ddim_steps: int = ESDConfig.ddim_steps
+    batch_size: int = ESDConfig.batch_size
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class CheckpointParams:
+    """A published erased model: one file (or folder) per concept.
+
+    paths:     concept -> a UNet state dict (``.pt``/``.safetensors``) or a text encoder folder;
+    component: ``unet`` or ``text_encoder``;
+    partial:   for a UNet file, whether it may hold only some weights (None: by suffix);
+    subfolder: for a text encoder, the subfolder of the concept's path (AdvUnlearn's layout).
+    """
+
+    paths: Mapping[str, str] = field(default_factory=dict)
+    component: str = "unet"
+    partial: bool | None = None
+    subfolder: str | None = None
+
+    COMPONENTS = ("unet", "text_encoder")
+
+
+# --------------------------------------------------------------------------- what a method does
+
+
+@dataclass(frozen=True)
+class Computed:
+    """What a computing method returns: the new UNet and diagnostics for the cache's record."""
+
+    unet: torch.nn.Module
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _uce_kwargs(params: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: params[k] for k in ("lamb", "preserve_scale", "token", "projections")}
+
+
+def _uce(base: LDM, prompts: list[str], params: Mapping[str, Any], **_: Any) -> Computed:
+    result = uce_erase(base.unet, base.text_encoder, base.tokenizer, prompts, guides=params["guides"],
+                       preserve=params["preserve"], erase_scale=params["erase_scale"], **_uce_kwargs(params))
+    return Computed(result.unet, {"edited": sorted(result.edited), "layers": result.info["layers"]})
+
+
+def _uce_moderate(base: LDM, prompts: list[str], params: Mapping[str, Any], **_: Any) -> Computed:
+    return _uce(base, prompts, {**params, "guides": ""})
+
+
+def _uce_debias(base: LDM, prompts: list[str], params: Mapping[str, Any], *,
+                measure_ratio: Callable | None, progress: bool) -> Computed:
+    if measure_ratio is None:
+        raise ValueError("uce-debias needs a measure_ratio callback")
+    result = uce_debias(
+        base.unet, base.text_encoder, base.tokenizer, prompts, params["attributes"], measure_ratio,
+        desired_ratios=params["desired_ratios"], preserve=params["preserve"], edit_scale=params["edit_scale"],
+        max_iterations=params["max_iterations"], max_diff=params["max_diff"], step_size=params["step_size"],
+        progress=progress, **_uce_kwargs(params),
+    )
+    return Computed(result.unet, {"edited": sorted(result.edited), "history": result.history,
+                                  "converged": result.info["converged"]})
+
+
+def _esd(method: str) -> Callable[..., Computed]:
+    def compute(base: LDM, prompts: list[str], params: Mapping[str, Any], *, progress: bool, **_: Any) -> Computed:
+        # Several prompts are trained on in turn, one drawn at random per iteration.
+        config = ESDConfig(method=method, **{k: v for k, v in params.items() if k != "seed"})
+        generator = torch.Generator(device="cpu").manual_seed(int(params["seed"]))
+        result = esd_erase(base.unet, base.text_encoder, base.tokenizer, base.scheduler, prompts, config,
+                           generator=generator, progress=progress)
+        return Computed(result.unet, {"trained": len(result.trained), "losses": result.losses, "steps": result.steps})
+
+    return compute
+
+
+def _load_checkpoint(base: LDM, concept: ConceptPrompts, params: Mapping[str, Any]) -> LDM:
+    paths = params["paths"]
+    if concept.concept not in paths:
+        raise ValueError(
+            f"the checkpoint entry has no file for the concept {concept.concept!r}; it has {sorted(paths)}"
+        )
+    path = paths[concept.concept]
+    if params["component"] == "unet":
+        return apply_unet_checkpoint(base, path, partial=params["partial"])
+    return apply_text_encoder(base, path, params["subfolder"])
+
+
+def _uce_parameters(unet: torch.nn.Module, params: Mapping[str, Any]) -> list[str]:
+    return [f"{name}.weight" for name in cross_attention_projections(unet, params["projections"])]
+
+
+def _checkpoint_parameters(ldm: LDM, params: Mapping[str, Any]) -> list[str]:
+    module = ldm.unet if params["component"] == "unet" else ldm.text_encoder
+    return [name for name, _ in module.named_parameters()]
+
+
+@dataclass(frozen=True)
+class ErasureMethod:
+    """A registered erasure method.
+
+    params:     the dataclass of its parameters, with the official defaults;
+    prompts:    which of the concept's prompts it erases: ``"all"`` or ``"shortest"``;
+    concept_defaults: parameters that default to the concept's own prompts (``guides``, ``preserve``);
+    compute:    ``compute(base, prompts, params, *, measure_ratio, progress) -> Computed`` for a method
+                whose result is computed and cached (None for a loader);
+    load:       ``load(base, concept, params) -> LDM`` for a published checkpoint (None otherwise);
+    changes:    ``changes(ldm, params) -> names`` of the parameters the method may change, prefixed
+                with the component (``unet.`` or ``text_encoder.``);
+    description: one line for tables.
+    """
+
+    name: str
+    params: type
+    description: str
+    changes: Callable[[LDM, Mapping[str, Any]], list[str]]
+    compute: Callable[..., Computed] | None = None
+    load: Callable[[LDM, ConceptPrompts, Mapping[str, Any]], LDM] | None = None
+    prompts: str = "all"
+    concept_defaults: tuple[str, ...] = ()
+
+    @property
+    def cached(self) -> bool:
+        return self.compute is not None
+
+    def defaults(self) -> dict[str, Any]:
+        """The parameters and their defaults."""
+        return {f.name: _default(f) for f in fields(self.params)}
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory()  # type: ignore[misc]
+
+
+def _prefixed(component: str, names: list[str]) -> list[str]:
+    return [f"{component}.{n}" for n in names]
+
+
+METHODS: dict[str, ErasureMethod] = {
+    m.name: m
+    for m in (
+        ErasureMethod(
+            "uce", UCEParams, "UCE: closed-form edit of every cross-attention K/V towards the prompts' guides",
+            changes=lambda ldm, p: _prefixed("unet", _uce_parameters(ldm.unet, p)),
+            compute=_uce, concept_defaults=("guides", "preserve"),
+        ),
+        ErasureMethod(
+            "uce-moderate", UCEModerateParams, "UCE moderation: the concept's prompts edited towards the empty prompt",
+            changes=lambda ldm, p: _prefixed("unet", _uce_parameters(ldm.unet, p)),
+            compute=_uce_moderate, concept_defaults=("preserve",),
+        ),
+        ErasureMethod(
+            "uce-debias", UCEDebiasParams, "UCE debiasing: attribute embeddings mixed into the concept's prompt",
+            changes=lambda ldm, p: _prefixed("unet", _uce_parameters(ldm.unet, p)),
+            compute=_uce_debias, prompts="shortest", concept_defaults=("preserve",),
+        ),
+        ErasureMethod(
+            "esd-x", ESDParams, "ESD-x: cross-attention fine-tuned with negative guidance",
+            changes=lambda ldm, p: _prefixed("unet", esd_parameter_names(ldm.unet, "esd-x")),
+            compute=_esd("esd-x"),
+        ),
+        ErasureMethod(
+            "esd-u", ESDParams, "ESD-u: every UNet weight but cross-attention fine-tuned with negative guidance",
+            changes=lambda ldm, p: _prefixed("unet", esd_parameter_names(ldm.unet, "esd-u")),
+            compute=_esd("esd-u"),
+        ),
+        ErasureMethod(
+            "checkpoint", CheckpointParams, "a published erased model: a UNet state dict or a text encoder per concept",
+            changes=lambda ldm, p: _prefixed(p["component"], _checkpoint_parameters(ldm, p)),
+            load=_load_checkpoint,
+        ),
+    )
+}
+
+
+def get_method(name: str) -> ErasureMethod:
+    """The registered method ``name`` (ValueError listing the methods otherwise)."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown erasure method {name!r}; the methods are {sorted(METHODS)}") from None
+
+
+def _plain(value: Any) -> Any:
+    """JSON data: mappings to dicts, tuples to lists; anything else that cannot key a cache is refused."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    raise ValueError(f"parameter value {value!r} of type {type(value).__name__} cannot key a cached erased model")
+
+
+def resolve_params(method: str, params: Mapping[str, Any] | None, concept: ConceptPrompts | None = None) -> dict[str, Any]:
+    """``params`` with the method's defaults filled in (and the concept's own prompts where they default to it).
+
+    Unknown parameters, missing required ones and invalid values raise ValueError naming them.
+    """
+    spec = get_method(method)
+    params = dict(params or {})
+    defaults = spec.defaults()
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown} for {method}; its parameters are {sorted(defaults)}")
+    full = {**defaults, **params}
+    missing = sorted(k for k in getattr(spec.params, "REQUIRED", ()) if full[k] is None)
+    if missing:
+        raise ValueError(f"{method} needs the parameter(s) {missing}")
+    if concept is not None:
+        own = {"guides": list(concept.guides), "preserve": list(concept.preserve)}
+        for name in spec.concept_defaults:
+            if full[name] is None:
+                full[name] = own[name]
+    _check_values(method, full)
+    spec.params(**{k: v for k, v in full.items()})  # the dataclass's own checks
+    return _plain(full)
+
+
+def _check_values(method: str, full: Mapping[str, Any]) -> None:
+    if method.startswith("esd"):
+        ESDConfig(method=method, **{k: v for k, v in full.items() if k != "seed"})
+    if method == "checkpoint" and full["component"] not in CheckpointParams.COMPONENTS:
+        raise ValueError(f"checkpoint component must be one of {CheckpointParams.COMPONENTS}, got {full['component']!r}")
+
+
+def erase_prompts(method: str, concept: ConceptPrompts) -> list[str]:
+    """The prompts ``method`` erases for ``concept``: all of them, or the shortest only."""
+    spec = get_method(method)
+    return [concept.prompt] if spec.prompts == "shortest" else list(concept.prompts)
+
+
+__all__ = [
+    "CheckpointParams", "Computed", "ESDParams", "ErasureMethod", "METHODS", "UCEDebiasParams",
+    "UCEModerateParams", "UCEParams", "erase_prompts", "get_method", "resolve_params",
+]

@@ -1,0 +1,76 @@
+"""The models a chapter compares: the world's base model ("vanilla") and the profile's erased models.
+
+A profile's ``erased_models`` names each erased model and says which method of the erasure
+registry makes it, with which parameters (a published checkpoint is the method ``checkpoint``).
+This module joins a world (its base model, its concepts' prompts) to the erasure registry; the
+two know nothing of each other.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from ..core.models import LDM
+from ..core.profile import ErasedModelSpec
+from ..erasure import ErasedModel, erase, get_method, resolve_params
+from ..worlds.base import World
+
+#: The name of the unerased base model in every list of models.
+VANILLA = "vanilla"
+
+
+def erased_model_names(world: World) -> list[str]:
+    """The profile's erased models, in the profile's order."""
+    return list(world.profile.erased_models)
+
+
+def model_names(world: World) -> list[str]:
+    """``vanilla`` and then the profile's erased models."""
+    return [VANILLA, *erased_model_names(world)]
+
+
+def spec_of(world: World, name: str) -> ErasedModelSpec:
+    """The profile's entry ``name`` (ValueError listing the profile's erased models otherwise)."""
+    try:
+        return world.profile.erased_models[name]
+    except KeyError:
+        raise ValueError(
+            f"the profile {world.profile.name!r} has no erased model {name!r}; "
+            f"it has {erased_model_names(world)}"
+        ) from None
+
+
+def check_models(world: World, names: Sequence[str], concepts: Sequence[str], vanilla: bool = True) -> list[str]:
+    """``names`` as a list, each checked before any work: known to the profile (or ``vanilla`` when
+    allowed), its method registered and its parameters valid for every concept."""
+    names = list(names)
+    for name in names:
+        if name == VANILLA and vanilla:
+            continue
+        if name == VANILLA:
+            raise ValueError(f"{VANILLA!r} is not an erased model; the profile's are {erased_model_names(world)}")
+        spec = spec_of(world, name)
+        get_method(spec.method)
+        for concept in concepts:
+            resolve_params(spec.method, spec.params, world.concept_prompts(concept))
+    return names
+
+
+def params_of(world: World, name: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The profile's parameters of ``name`` (a plain dict), with ``overrides`` on top."""
+    return {**{k: v for k, v in spec_of(world, name).params.items()}, **dict(overrides or {})}
+
+
+def erased_model(world: World, name: str, concept: str, *, overrides: Mapping[str, Any] | None = None,
+                 measure_ratio=None, progress: bool = False) -> ErasedModel:
+    """The profile's erased model ``name`` for ``concept`` (computed and cached on first use)."""
+    spec = spec_of(world, name)
+    return erase(world.base_model(), spec.method, world.concept_prompts(concept), params_of(world, name, overrides),
+                 measure_ratio=measure_ratio, progress=progress)
+
+
+def load_model(world: World, name: str, concept: str) -> LDM:
+    """The model ``name`` for ``concept``: the base model for ``vanilla``, else the erased one, loaded."""
+    if name == VANILLA:
+        return world.base_model()
+    return erased_model(world, name, concept).load(world.load_model)

@@ -16,15 +16,17 @@ def image_grid(
     col_labels: Sequence[str] | None = None,
     scale: float = 1.1,
     fontsize: int = 8,
+    label_width: float = 0.9,
 ) -> plt.Figure:
     """Images (N, 3, H, W) in [0, 1] as a grid of ``cols`` columns, filled row by row.
 
-    Rows may be labelled on the left, columns on top; pixels are shown unsmoothed.
+    Rows may be labelled on the left (``label_width`` inches set aside for the labels), columns
+    on top; pixels are shown unsmoothed.
     """
     if images.dim() != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"image_grid expects (N, 3, H, W) images, got {tuple(images.shape)}")
     rows = max(1, math.ceil(images.shape[0] / cols))
-    extra = 0.9 if row_labels else 0.0
+    extra = label_width if row_labels else 0.0
     fig, axes = plt.subplots(rows, cols, figsize=(scale * cols + extra, scale * rows + 0.3), squeeze=False)
     for i, ax in enumerate(axes.flat):
         if i < images.shape[0]:

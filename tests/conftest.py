@@ -42,6 +42,22 @@ def memories_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
         yield path
 
 
+@pytest.fixture(scope="session")
+def tiny_ldm_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight SD-layout model (VAE, UNet, CLIP text encoder, tokenizer, DDIM), built once."""
+    from memories_lib.core.models import build_tiny_ldm
+
+    return build_tiny_ldm(tmp_path_factory.mktemp("tiny-ldm") / "model", seed=0, image_size=32)
+
+
+@pytest.fixture(scope="module")
+def ldm(tiny_ldm_path: Path):
+    """That model, loaded afresh for each test module (a module's tests share it; no module sees another's)."""
+    from memories_lib.core.models import load_ldm
+
+    return load_ldm(tiny_ldm_path)
+
+
 def copy_repo(dest: Path, src: Path = REPO) -> Path:
     """Copy the project's files (tracked and untracked, not ignored) from ``src`` to ``dest``."""
     dest.mkdir(parents=True, exist_ok=True)

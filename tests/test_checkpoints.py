@@ -17,17 +17,12 @@ from memories_lib.erasure import (
     save_unet_weights,
     uce_erase,
 )
-from memories_lib.core.models import build_tiny_ldm, hash_modules, load_ldm
+from memories_lib.core.models import hash_modules
 
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MEMORIES_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def ldm(tmp_path_factory):
-    return load_ldm(build_tiny_ldm(tmp_path_factory.mktemp("tiny") / "m", seed=0, image_size=32))
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from memories_lib.core.concepts import ConceptPrompts
-from memories_lib.core.models import build_tiny_ldm, hash_modules, load_ldm
+from memories_lib.core.models import hash_modules, load_ldm
 from memories_lib.erasure import (
     ESDConfig,
     cross_attention_projections,
@@ -29,11 +29,6 @@ PRESERVE = ["a star", "a square", "a red cross"]
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MEMORIES_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def ldm(tmp_path_factory):
-    return load_ldm(build_tiny_ldm(tmp_path_factory.mktemp("tiny") / "m", seed=0, image_size=32))
 
 
 def _last_token(ldm, prompts):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from memories_lib.core.concepts import ConceptPrompts
-from memories_lib.core.models import build_tiny_ldm, load_ldm
+from memories_lib.core.models import load_ldm
 from memories_lib.erasure import METHODS, erase, get_method, resolve_params
 
 CONCEPT = ConceptPrompts("triangle", ("a triangle", "a red triangle"), ("a shape", "a red shape"), ("a star",))
@@ -39,11 +39,6 @@ RUN = {
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MEMORIES_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def ldm(tmp_path_factory):
-    return load_ldm(build_tiny_ldm(tmp_path_factory.mktemp("tiny") / "m", seed=0, image_size=32))
 
 
 def test_every_method_has_battery_settings():

@@ -7,15 +7,9 @@ import pytest
 import torch
 
 from memories_lib.core import metrics
-from memories_lib.experiments.concept_memory import ImageSet, invert_set, seeded_choice, summarise
-from memories_lib.core.models import build_tiny_ldm, load_ldm
+from memories_lib.core.images import ImageSet, seeded_choice
+from memories_lib.experiments.concept_memory import invert_set, summarise
 from memories_lib.core.store import Store
-
-
-@pytest.fixture(scope="module")
-def ldm(tmp_path_factory):
-    path = build_tiny_ldm(tmp_path_factory.mktemp("tiny") / "m", seed=0, image_size=32)
-    return load_ldm(path)
 
 
 @pytest.fixture(scope="module")

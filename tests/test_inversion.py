@@ -18,7 +18,7 @@ from memories_lib.inversion.ddim import ddim_invert
 from memories_lib.inversion.edict import edict_invert, edict_sample
 from memories_lib.inversion.nti import NullTextConfig, null_text_invert, null_text_reconstruct
 from memories_lib.inversion.renoise import ReNoiseConfig, _auto_corr, regularize_noise, renoise_invert
-from memories_lib.core.models import build_tiny_ldm, encode_images, encode_prompts, load_ldm
+from memories_lib.core.models import encode_images, encode_prompts
 
 PROMPTS = ["a red circle", "a blue star on a striped background", "a green square"]
 
@@ -30,14 +30,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def ldm(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MEMORIES_CACHE", str(tmp_path_factory.mktemp("cache")))
-        path = build_tiny_ldm(tmp_path_factory.mktemp("models") / "tiny", seed=0, image_size=32)
-        yield load_ldm(path)
 
 
 @pytest.fixture(scope="module")

@@ -34,12 +34,14 @@ def test_list_profiles_matches_the_shipped_files():
 def test_every_shipped_profile_loads(name):
     profile = load_profile(name)
     assert profile.name == name, "a profile's name must match its file name"
-    assert profile.description.strip()
-    assert profile.image_size > 0 and profile.num_inference_steps > 0
+    assert profile.description.strip() and profile.world.kind
+    assert profile.num_inference_steps > 0 and isinstance(profile.interpret, bool)
     assert isinstance(profile.torch_dtype(), torch.dtype)
     assert profile.resolve_device() in ("cpu", "cuda") or profile.resolve_device().startswith("cuda:")
     for key in profile.parameters:
         assert key.isidentifier(), f"profile {name}: parameter {key!r} is not a notebook variable name"
+    for entry_name, entry in profile.erased_models.items():
+        assert entry.name == entry_name and entry.method
 
 
 def test_load_by_path_gives_the_same_profile():
@@ -61,29 +63,56 @@ def test_unknown_top_level_key_is_an_error(tmp_path):
 def test_unknown_model_key_is_an_error(tmp_path):
     raw = _tiny_raw()
     raw["model"] = dict(raw["model"], weights="x")
-    with pytest.raises(ProfileError, match="weights"):
+    with pytest.raises(ProfileError, match="custom.yaml: model: unknown key.*weights"):
         load_profile(_write(tmp_path, raw))
 
 
 def test_missing_key_is_an_error(tmp_path):
     raw = _tiny_raw()
-    del raw["image_size"]
-    with pytest.raises(ProfileError, match="missing key.*image_size"):
+    del raw["model"]["num_inference_steps"]
+    with pytest.raises(ProfileError, match="missing key.*num_inference_steps"):
+        load_profile(_write(tmp_path, raw))
+    raw = _tiny_raw()
+    del raw["world"]
+    with pytest.raises(ProfileError, match="missing key.*world"):
         load_profile(_write(tmp_path, raw))
 
 
 @pytest.mark.parametrize(
-    "change, message",
+    "section, change, message",
     [
-        ({"dtype": "int8"}, "dtype"),
-        ({"image_size": 0}, "positive"),
-        ({"model": {"kind": "huge"}}, "model.kind"),
-        ({"model": {"kind": "pretrained"}}, "model.source"),
+        ("model", {"dtype": "int8"}, "dtype must be one of"),
+        ("model", {"num_inference_steps": 0}, "positive integer"),
+        ("model", {"guidance_scale": -1}, "guidance_scale"),
+        (None, {"interpret": "yes"}, "interpret must be true or false"),
+        (None, {"world": {"training": "tiny"}}, "world must be a mapping with a 'kind'"),
+        (None, {"erased_models": {"uce": [1, 2]}}, "erased_models.uce must be a mapping"),
+        (None, {"erased_models": {"x": {"method": "uce", "lamb": 1}}}, "erased_models.x.*under 'params'"),
     ],
 )
-def test_invalid_values_are_errors(tmp_path, change, message):
+def test_invalid_values_are_errors(tmp_path, section, change, message):
+    raw = _tiny_raw()
+    if section:
+        raw[section] = dict(raw[section], **change)
+    else:
+        raw.update(change)
     with pytest.raises(ProfileError, match=message):
-        load_profile(_write(tmp_path, _tiny_raw() | change))
+        load_profile(_write(tmp_path, raw))
+
+
+def test_erased_models_name_their_method_or_are_named_after_it(tmp_path):
+    raw = _tiny_raw()
+    raw["erased_models"] = {
+        "esd-x": {"iterations": 3},
+        "esd-x-strong": {"method": "esd-x", "params": {"lr": 0.01}},
+        "published": {"method": "checkpoint", "params": {"paths": {"triangle": "/x.pt"}}},
+    }
+    profile = load_profile(_write(tmp_path, raw))
+    assert list(profile.erased_models) == ["esd-x", "esd-x-strong", "published"]
+    assert profile.erased_models["esd-x"].method == "esd-x"
+    assert dict(profile.erased_models["esd-x"].params) == {"iterations": 3}
+    assert profile.erased_models["esd-x-strong"].method == "esd-x"
+    assert profile.erased_models["published"].params["paths"]["triangle"] == "/x.pt"
 
 
 def test_invalid_yaml_is_an_error(tmp_path):
@@ -98,9 +127,11 @@ def test_profile_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         profile.seed = 1
     with pytest.raises(dataclasses.FrozenInstanceError):
-        profile.model.seed = 1
+        profile.model.num_inference_steps = 1
     with pytest.raises(TypeError):
         profile.parameters["num_steps"] = 1
     with pytest.raises(TypeError):
-        profile.data["num_images"] = 1
+        profile.world.options["base_model"] = "trained"
+    with pytest.raises(TypeError):
+        profile.erased_models["esd-x"].params["lr"] = 1.0
     assert isinstance(profile.concepts, tuple)

@@ -12,7 +12,7 @@ identity, the prompts and the sampling settings, so rerunning a chapter does not
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch

@@ -19,7 +19,6 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel
 
-from .paths import cache_dir
 from .store import write_folder_atomically
 from .tokenizer import SPECIAL_TOKENS, build_word_tokenizer, tokenize
 

@@ -19,7 +19,7 @@ import torch
 from ..core import metrics
 from ..inversion import api as inversion
 from ..core.models import LDM, decode_latents, encode_images
-from ..core.images import ImageSet, seeded_choice
+from ..core.images import ImageSet
 from ..core.store import Store, hash_tensor
 
 #: Bump when the record's definition changes (a new field, another PSNR convention).

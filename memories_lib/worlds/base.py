@@ -163,6 +163,10 @@ class World(abc.ABC):
             self.__dict__["_base"] = self.load_model(self.base_model_path(progress=progress))
         return self.__dict__["_base"]
 
+    def is_prepared(self) -> bool:
+        """Whether :meth:`prepare` has nothing left to build or train (a cheap look at the cache)."""
+        return True
+
     def prepare(self, progress: bool = True) -> None:
         """Build, train or check everything the world needs before a chapter runs (models, judges)."""
         self.base_model_path(progress=progress)

@@ -45,7 +45,7 @@ from .classifier import HEADS, ShapesClassifier, attribute_of
 from .config import resolve_config
 from .contrastive import ShapesCLIP
 from .data import BACKGROUNDS, COLOURS, SHAPES, caption, make_dataset, prompt, sample_specs
-from .train import ensure_trained, load_classifier, load_contrastive
+from .train import ensure_trained, load_classifier, load_contrastive, missing_stages
 
 #: A stable number per concept, for the seeds of its data (the order of the classifier's labels).
 CONCEPT_IDS: tuple[str, ...] = SHAPES + BACKGROUNDS
@@ -156,6 +156,9 @@ class ShapesWorld(World):
                         build_tiny_ldm(path, seed=int(self.spec.model_seed), image_size=self.image_size)
             return path
         return ensure_trained(self.training_config, progress=progress)
+
+    def is_prepared(self) -> bool:
+        return not missing_stages(self.training_config)
 
     def detector(self) -> ShapesClassifier:
         if "detector" not in self._judges:

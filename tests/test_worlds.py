@@ -1,0 +1,144 @@
+"""The world contract, run on every world through ``open_world``: what any chapter may rely on.
+
+Worlds: the shipped ``tiny`` profile (random-weight shapes world), a tiny Stable-Diffusion-layout
+world built in a temporary folder, and the shipped ``mini`` profile when its trained world is in
+the cache (training it takes many minutes, so the tests never do it).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+from memories_lib.core.concepts import ConceptPrompts
+from memories_lib.core.images import ImageSet
+from memories_lib.core.judging import concept_head
+from memories_lib.core.profile import PROFILES_DIR, ProfileError, parse_profile
+from memories_lib.worlds import WORLDS, Detector, SimilarityModel, World, WorldError, open_world
+
+from sd_world import build_tiny_sd_world  # tests/sd_world.py
+
+N = 3
+
+
+@pytest.fixture(scope="module", params=["tiny", "tiny-sd", "mini"])
+def world(request, tmp_path_factory) -> World:
+    if request.param == "tiny-sd":
+        return open_world(build_tiny_sd_world(tmp_path_factory.mktemp("sd-world")))
+    opened = open_world(request.param)
+    if request.param == "mini" and not opened.is_prepared():
+        pytest.skip("the mini world is not trained in this cache (its training takes many minutes)")
+    opened.prepare(progress=False)  # seconds for the tiny worlds
+    return opened
+
+
+@pytest.fixture(scope="module")
+def filtered(world: World) -> bool:
+    """Whether the erased set keeps only images the detector agrees on (off for untrained detectors)."""
+    return bool(world.profile.parameters.get("filter_erased_set", True))
+
+
+def test_every_world_kind_is_tested():
+    assert set(WORLDS) == {"shapes", "stable-diffusion"}, "add a world of the new kind to the fixture above"
+
+
+def test_world_describes_itself(world: World):
+    assert isinstance(world.interpret, bool) and world.name == world.profile.name
+    assert world.concepts and set(world.concepts) <= set(world.known_concepts())
+    described = world.describe()
+    assert set(described) == {"erased_set", "reference_set"} and all(t.strip() for t in described.values())
+
+
+def test_concepts_have_a_kind_rivals_and_prompts(world: World):
+    for concept in world.known_concepts():
+        kind = world.concept_kind(concept)
+        assert kind and concept not in world.rivals(concept)
+        assert all(world.concept_kind(r) == kind for r in world.rivals(concept))
+        prompts = world.concept_prompts(concept)
+        assert isinstance(prompts, ConceptPrompts) and prompts.concept == concept
+        assert len(prompts.prompts) == len(prompts.guides) >= 1 and prompts.prompt == prompts.prompts[0]
+        naming = world.naming_prompts(concept, 5)
+        assert len(naming) == 5 and all(isinstance(p, str) and p for p in naming)
+        assert world.naming_prompts(concept, 5) == naming
+        sample = world.caption_sample(concept, 4, seed=1)
+        assert len(sample) == 4 and world.caption_sample(concept, 4, seed=1) == sample
+
+
+def test_unknown_concepts_are_refused_naming_the_known_ones(world: World):
+    with pytest.raises(WorldError, match="no-such-concept.*knows"):
+        world.check_concepts(["no-such-concept"])
+    for call in (lambda: world.concept_prompts("no-such-concept"),
+                 lambda: world.erased_set("no-such-concept", N, seed=0),
+                 lambda: world.reference_set(N, seed=0, exclude=["no-such-concept"])):
+        with pytest.raises(WorldError, match="no-such-concept"):
+            call()
+
+
+def _check_set(images: ImageSet, n: int, size: int) -> None:
+    assert 2 <= len(images) <= n and len(images.prompts) == len(images)
+    assert images.images.shape[1:] == (3, size, size) and images.images.dtype == torch.float32
+    assert 0 <= images.images.min() and images.images.max() <= 1
+    assert all(isinstance(p, str) and p.strip() for p in images.prompts)
+
+
+def test_erased_set_is_seeded_and_deterministic(world: World, filtered: bool):
+    concept = world.concepts[0]
+    size = world.base_model().image_size
+    first = world.erased_set(concept, N, seed=0, filtered=filtered, progress=False)
+    _check_set(first, N, size)
+    again = world.erased_set(concept, N, seed=0, filtered=filtered, progress=False)
+    assert torch.equal(first.images, again.images) and first.prompts == again.prompts
+    other = world.erased_set(concept, N, seed=1, filtered=filtered, progress=False)
+    assert not torch.equal(first.images, other.images) or first.prompts != other.prompts
+    assert 0 < first.info.get("acceptance", 1.0) <= 1
+
+
+def test_reference_set_is_seeded_and_deterministic(world: World):
+    size = world.base_model().image_size
+    first = world.reference_set(N, seed=0, exclude=world.concepts)
+    _check_set(first, N, size)
+    assert len(first) == N
+    again = world.reference_set(N, seed=0, exclude=world.concepts)
+    assert torch.equal(first.images, again.images) and first.prompts == again.prompts
+    other = world.reference_set(N, seed=1, exclude=world.concepts)
+    assert not torch.equal(first.images, other.images)
+
+
+def test_detector_judges_every_concept(world: World):
+    detector = world.detector()
+    assert isinstance(detector, Detector) and detector.identity() == world.detector().identity()
+    for concept in world.known_concepts():
+        assert concept_head(detector, concept) == world.concept_kind(concept)
+    images = world.reference_set(N, seed=0).images
+    proba = detector.predict_proba(images)
+    assert set(proba) == set(detector.label_names)
+    for head, p in proba.items():
+        assert p.shape == (N, len(detector.label_names[head]))
+        torch.testing.assert_close(p.sum(-1), torch.ones(N), atol=1e-4, rtol=0)
+
+
+def test_similarity_scores_images_against_texts(world: World):
+    model = world.similarity()
+    assert isinstance(model, SimilarityModel) and model.identity() == world.similarity().identity()
+    reference = world.reference_set(N, seed=0)
+    texts = [world.naming_prompts(c, 1)[0] for c in world.concepts]
+    scores = model.similarity(reference.images, texts)
+    assert scores.shape == (N, len(texts)) and torch.isfinite(scores).all()
+    assert scores.abs().max() <= 1 + 1e-5
+
+
+def test_base_model_is_loaded_once_and_sized(world: World):
+    base = world.base_model()
+    assert world.base_model() is base
+    assert base.image_size == world.reference_set(N, seed=0).images.shape[-1]
+
+
+def test_unknown_world_kind_and_keys_are_refused():
+    raw = yaml.safe_load((PROFILES_DIR / "tiny.yaml").read_text())
+    with pytest.raises(ProfileError, match="unknown world kind 'dreams'.*shapes"):
+        open_world(parse_profile({**raw, "world": {"kind": "dreams"}}))
+    with pytest.raises(ProfileError, match="world: unknown key.*colour_depth"):
+        open_world(parse_profile({**raw, "world": {"kind": "shapes", "colour_depth": 8}}))
+    with pytest.raises(WorldError, match="concepts \\['church'\\] are not concepts of this shapes world"):
+        open_world(parse_profile({**raw, "world": {"kind": "shapes"}, "concepts": ["church"]}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ import yaml
 from conftest import REPO, make_book_root
 from memories_lib import __version__, book
 from memories_lib.book import BookError, NotebookParameter, ParameterError
+from memories_lib.book import sphinx as book_sphinx
 from memories_lib.core.profile import PROFILES_DIR, load_profile
 
 PARAMS = """\
@@ -103,7 +105,7 @@ def test_repository_toc_lists_existing_chapters_and_pages():
     found = book.chapters(REPO)
     assert found, "the repository's _toc.yml lists no executed chapter"
     assert all(c.source.is_file() for c in found)
-    toc_files = book._toc_files(yaml.safe_load((REPO / "_toc.yml").read_text()))
+    toc_files = book.toc._toc_files(yaml.safe_load((REPO / "_toc.yml").read_text()))
     for entry in toc_files:
         if not entry.startswith(book.EXECUTED_DIR):
             assert (REPO / f"{entry}.md").is_file(), f"_toc.yml lists {entry} but {entry}.md is missing"
@@ -254,13 +256,21 @@ def test_vendor_mathjax_copies_a_working_mathjax_once(tmp_path):
     assert entry.stat().st_mtime_ns == stamp, "a second call must not copy again"
 
 
+def test_config_names_an_importable_sphinx_extension():
+    config = yaml.safe_load((REPO / "_config.yml").read_text())
+    extensions = config["sphinx"]["extra_extensions"]
+    assert "memories_lib.book.sphinx" in extensions
+    for name in extensions:
+        assert callable(importlib.import_module(name).setup), f"{name} has no Sphinx setup()"
+
+
 def test_sphinx_hook_drops_vendored_scripts_only():
     class Config:
         html_js_files = ["mathjax/tex-mml-chtml.js", ("mathjax/ui/menu.js", {}), "custom.js"]
         html_css_files = ["mathjax/x.css", "site.css"]
 
     config = Config()
-    book._drop_vendored_scripts(None, config)
+    book_sphinx._drop_vendored_scripts(None, config)
     assert config.html_js_files == ["custom.js"]
     assert config.html_css_files == ["site.css"]
 
@@ -305,8 +315,10 @@ def test_build_book_checks_every_chapter_before_work(root, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("work started although a parameter was invalid")
 
-    monkeypatch.setattr(book, "_run_notebook", forbidden)
-    monkeypatch.setattr(book, "vendor_mathjax", forbidden)
+    monkeypatch.setattr(book.execute, "run_notebook", forbidden)
+    monkeypatch.setattr(book.mathjax, "vendor_mathjax", forbidden)
+    monkeypatch.setattr(book.build, "warm_matplotlib", forbidden)
+    monkeypatch.setattr(book.build, "prepare_models", forbidden)
     with pytest.raises(ParameterError, match=r"unknown parameter\(s\) \['nope'\]"):
         book.build_book("tiny", {"nope": 1}, root)
     # 'rate' is declared by 01_params only; a wrong type there is caught before 02 and 03 run
@@ -326,9 +338,9 @@ def test_build_book_prepares_the_models_before_the_first_chapter(root, monkeypat
         calls.append(chapter.name)
         raise BookError("stop after the first chapter")
 
-    monkeypatch.setattr(book, "vendor_mathjax", lambda root: None)
-    monkeypatch.setattr(book, "prepare_models", prepare)
-    monkeypatch.setattr(book, "_run_notebook", run_notebook)
+    monkeypatch.setattr(book.mathjax, "vendor_mathjax", lambda root: None)
+    monkeypatch.setattr(book.build, "prepare_models", prepare)
+    monkeypatch.setattr(book.execute, "run_notebook", run_notebook)
     with pytest.raises(BookError, match="stop after"):
         book.build_book("tiny", {}, root, progress=False)
     assert calls == ["models", "01_params"]

@@ -62,15 +62,16 @@ def root(tmp_path, monkeypatch):
 
 @pytest.fixture
 def no_work(monkeypatch):
-    """Fail loudly if anything would execute a notebook, warm matplotlib, vendor MathJax or run jupyter-book."""
+    """Fail loudly if anything would execute a notebook, warm matplotlib, vendor MathJax, prepare models or run jupyter-book."""
 
     def forbidden(*args, **kwargs):
         raise AssertionError("work started although the arguments were invalid")
 
     monkeypatch.setattr(papermill, "execute_notebook", forbidden)
-    monkeypatch.setattr(book, "vendor_mathjax", forbidden)
-    monkeypatch.setattr(book, "warm_matplotlib", forbidden)
-    monkeypatch.setattr(book, "_jupyter_book", forbidden)
+    monkeypatch.setattr(book.mathjax, "vendor_mathjax", forbidden)
+    monkeypatch.setattr(book.build, "warm_matplotlib", forbidden)
+    monkeypatch.setattr(book.build, "prepare_models", forbidden)
+    monkeypatch.setattr(book.build, "_jupyter_book", forbidden)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -13,6 +14,15 @@ from .toc import BookError, Chapter, read_notebook
 KERNEL_NAME = "python3"
 
 
+def _drop_unknown_parameter_warnings(record: logging.LogRecord) -> bool:
+    """False for papermill's "Passed unknown parameter" warning.
+
+    papermill's inspection misses an annotated ``NAME: int | None = ...``; the parameters it
+    is given were checked against the cell (read with ``ast``) already.
+    """
+    return not record.getMessage().startswith("Passed unknown parameter")
+
+
 def run_notebook(chapter: Chapter, parameters: Mapping[str, Any], output: Path, progress: bool) -> Path:
     """Execute ``chapter`` with papermill and ``parameters`` (already checked) into ``output``."""
     import jupytext
@@ -21,10 +31,12 @@ def run_notebook(chapter: Chapter, parameters: Mapping[str, Any], output: Path, 
 
     nb = read_notebook(chapter.source)
     output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="memories-run-") as tmp:
-        ipynb = Path(tmp) / f"{chapter.name}.ipynb"
-        jupytext.write(nb, ipynb)
-        try:
+    papermill_log = logging.getLogger("papermill")
+    papermill_log.addFilter(_drop_unknown_parameter_warnings)
+    try:
+        with tempfile.TemporaryDirectory(prefix="memories-run-") as tmp:
+            ipynb = Path(tmp) / f"{chapter.name}.ipynb"
+            jupytext.write(nb, ipynb)
             papermill.execute_notebook(
                 str(ipynb),
                 str(output),
@@ -33,13 +45,15 @@ def run_notebook(chapter: Chapter, parameters: Mapping[str, Any], output: Path, 
                 cwd=str(chapter.root),
                 progress_bar=progress,
             )
-        except PapermillExecutionError as err:
-            first_line = next((line for line in err.source.splitlines() if line.strip()), "")
-            raise BookError(
-                f"notebook {chapter.source.name} failed in cell {err.cell_index} (In [{err.exec_count}], "
-                f"starting {first_line.strip()!r}): {err.ename}: {err.evalue}. "
-                f"The executed copy is at {output}"
-            ) from None
+    except PapermillExecutionError as err:
+        first_line = next((line for line in err.source.splitlines() if line.strip()), "")
+        raise BookError(
+            f"notebook {chapter.source.name} failed in cell {err.cell_index} (In [{err.exec_count}], "
+            f"starting {first_line.strip()!r}): {err.ename}: {err.evalue}. "
+            f"The executed copy is at {output}"
+        ) from None
+    finally:
+        papermill_log.removeFilter(_drop_unknown_parameter_warnings)
     return output
 
 

@@ -1,10 +1,16 @@
-"""Chapter parameters: what a notebook's ``parameters`` cell declares, and the checked values papermill injects."""
+"""Chapter parameters: what a notebook's ``parameters`` cell declares, and the checked values papermill injects.
+
+The ``parameters`` cell is read with ``ast``: each top-level ``NAME = VALUE`` or
+``NAME: TYPE = VALUE`` declares a parameter. Its type comes from the annotation (``bool``,
+``int``, ``float``, ``str``, ``list``, ``tuple`` or ``dict``, optionally ``| None``), else
+from a literal default; an unannotated ``None`` or non-literal default accepts anything.
+(papermill's own inspection does not see ``NAME: int | None = ...``: its pattern knows no ``|``.)
+"""
 
 from __future__ import annotations
 
 import ast
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
@@ -12,6 +18,9 @@ import yaml
 
 from ..core.profile import Profile, load_profile
 from .toc import Chapter, read_notebook
+
+# The annotations a parameter may have (subscripted ones, ``list[str]``, too: the items are not checked).
+_TYPES: dict[str, type] = {t.__name__: t for t in (bool, int, float, str, list, tuple, dict)}
 
 _FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
@@ -23,14 +32,16 @@ class ParameterError(ValueError):
 class NotebookParameter(NamedTuple):
     """A parameter declared in a notebook's ``parameters`` cell.
 
-    default: the default value (``ast.literal_eval`` of the source), or the source text
-             itself when it is not a literal;
-    type:    the type a value must have, or None when anything goes (a None default or a
-             default that is not a literal).
+    default:  the default value (``ast.literal_eval`` of the source), or the source text
+              itself when it is not a literal;
+    type:     the type a value must have (from the annotation, else the literal default), or
+              None when anything goes (no annotation and a None or non-literal default);
+    optional: None is accepted too (an annotation ``TYPE | None``).
     """
 
     default: Any
     type: type | None
+    optional: bool = False
 
 
 def as_profile(profile: str | Path | Profile) -> Profile:
@@ -49,32 +60,63 @@ def profile_reference(profile: str | Path | Profile) -> str:
     return str(profile)
 
 
-def _literal_type(text: str) -> NotebookParameter:
+def _is_none(node: ast.expr) -> bool:
+    return isinstance(node, ast.Constant) and node.value is None
+
+
+def _annotated_type(name: str, annotation: ast.expr, where: str) -> tuple[type, bool]:
+    """The type an annotation ``TYPE`` or ``TYPE | None`` asks for, and whether None is accepted."""
+    base, optional = annotation, False
+    if isinstance(annotation, ast.BinOp) and isinstance(annotation.op, ast.BitOr):
+        if _is_none(annotation.right):
+            base, optional = annotation.left, True
+        elif _is_none(annotation.left):
+            base, optional = annotation.right, True
+    if isinstance(base, ast.Subscript):
+        base = base.value
+    if isinstance(base, ast.Name) and base.id in _TYPES:
+        return _TYPES[base.id], optional
+    raise ParameterError(
+        f"parameter {name!r} of {where} has the annotation {ast.unparse(annotation)!r}; "
+        f"a parameter's annotation is one of {', '.join(_TYPES)}, optionally '| None'"
+    )
+
+
+def _declared(name: str, value: ast.expr, annotation: ast.expr | None, cell: str, where: str) -> NotebookParameter:
+    """One parameter from the nodes of its assignment."""
     try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return NotebookParameter(default=text, type=None)
-    return NotebookParameter(default=value, type=None if value is None else type(value))
+        default = ast.literal_eval(value)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        default, inferred = ast.get_source_segment(cell, value), None
+    else:
+        inferred = None if default is None else type(default)
+    if annotation is None:
+        return NotebookParameter(default, inferred)
+    return NotebookParameter(default, *_annotated_type(name, annotation, where))
 
 
 def notebook_parameters(source_md: str | Path) -> dict[str, NotebookParameter]:
-    """The parameters declared by the ``parameters`` cell of a MyST notebook, in order.
-
-    The notebook is converted with jupytext and inspected with ``papermill.inspect_notebook``;
-    each default is read as a Python literal to get the type a value must have.
-    """
-    import jupytext
-    import papermill
-
+    """The parameters declared by the ``parameters`` cell of a MyST notebook, in order."""
     source = Path(source_md)
+    where = f"notebook {source.name}"
     nb = read_notebook(source)
-    if not any("parameters" in cell.get("metadata", {}).get("tags", []) for cell in nb.cells):
+    cell = next(
+        (c.source for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])),
+        None,
+    )
+    if cell is None:
         raise ParameterError(f"{source}: no code cell is tagged 'parameters'")
-    with tempfile.TemporaryDirectory(prefix="memories-inspect-") as tmp:
-        ipynb = Path(tmp) / f"{source.stem}.ipynb"
-        jupytext.write(nb, ipynb)
-        inspected = papermill.inspect_notebook(str(ipynb))
-    return {name: _literal_type(info["default"]) for name, info in inspected.items()}
+    try:
+        tree = ast.parse(cell)
+    except SyntaxError as err:
+        raise ParameterError(f"the parameters cell of {where} is not valid Python: {err}") from None
+    declared: dict[str, NotebookParameter] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            declared[node.targets[0].id] = _declared(node.targets[0].id, node.value, None, cell, where)
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+            declared[node.target.id] = _declared(node.target.id, node.value, node.annotation, cell, where)
+    return declared
 
 
 def parse_value(text: str) -> Any:
@@ -102,7 +144,7 @@ def _describe(expected: type) -> str:
 def _coerce(name: str, value: Any, spec: NotebookParameter, where: str) -> Any:
     """``value`` converted to the parameter's type, or a ParameterError."""
     expected = spec.type
-    if expected is None:
+    if expected is None or (value is None and spec.optional):
         return value
     ok: bool
     if expected is bool:
@@ -118,8 +160,9 @@ def _coerce(name: str, value: Any, spec: NotebookParameter, where: str) -> Any:
     else:
         ok = isinstance(value, expected)
     if not ok:
+        wanted = _describe(expected) + (" or None" if spec.optional else "")
         raise ParameterError(
-            f"parameter {name!r} of {where} must be {_describe(expected)} "
+            f"parameter {name!r} of {where} must be {wanted} "
             f"(its default is {spec.default!r}), got {value!r} ({type(value).__name__})"
         )
     return value
@@ -134,7 +177,8 @@ def check_parameters(
 
     Raises ParameterError, naming the parameter, the notebook and the allowed names, for a
     name the notebook does not declare or a value of the wrong type. ``int`` is accepted where
-    a ``float`` is declared, any value where the default is None.
+    a ``float`` is declared, None where the annotation allows it, any value where the
+    parameter has no type.
     """
     declared = notebook_parameters(chapter.source) if declared is None else declared
     where = f"notebook {chapter.source.name}"

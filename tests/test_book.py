@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import re
@@ -332,6 +333,16 @@ def test_banner_names_a_missing_gpu_honestly():
         assert torch.cuda.get_device_name(0) in text
     else:
         assert "cuda (not available on this machine)" in text
+
+
+def test_banner_says_when_numbers_are_not_to_be_interpreted():
+    tiny = load_profile("tiny")
+    assert not tiny.interpret
+    lines = book.banner_markdown(tiny, seed=0).splitlines()
+    assert lines.count(book.banner.NOT_INTERPRETED) == 1
+    # the line follows the profile's field, not its name
+    interpreted = dataclasses.replace(tiny, interpret=True)
+    assert book.banner.NOT_INTERPRETED not in book.banner_markdown(interpreted, seed=0)
 
 
 def test_show_banner_displays_markdown(monkeypatch):

@@ -8,6 +8,9 @@ from .. import __version__
 from ..core.profile import Profile
 from .parameters import as_profile
 
+# The banner's line for a profile whose numbers are not to be interpreted (``interpret: false``).
+NOT_INTERPRETED = "- **numbers:** not to be interpreted; this profile only shows that the code runs"
+
 
 def device_label(device: str) -> str:
     """``device`` in words: for CUDA the GPU's name, when one is visible."""
@@ -21,7 +24,10 @@ def device_label(device: str) -> str:
 
 
 def banner_markdown(profile: str | Profile, seed: int, device: str | None = None) -> str:
-    """The MyST admonition that opens a chapter: profile, device, versions and seed."""
+    """The MyST admonition that opens a chapter: profile, device, versions and seed.
+
+    A profile with ``interpret: false`` adds a line saying its numbers are not to be interpreted.
+    """
     import torch
 
     prof = as_profile(profile)
@@ -39,6 +45,7 @@ def banner_markdown(profile: str | Profile, seed: int, device: str | None = None
         f"- **seed:** {seed}",
         f"- **versions:** memories_lib {__version__}, torch {torch.__version__}, "
         f"Python {sys.version.split()[0]}",
+        *([] if prof.interpret else [NOT_INTERPRETED]),
         "```",
     ]
     return "\n".join(lines)

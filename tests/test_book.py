@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import logging
 import re
 import shutil
 import subprocess
@@ -15,6 +18,7 @@ import yaml
 from conftest import REPO, make_book_root
 from memories_lib import __version__, book
 from memories_lib.book import BookError, NotebookParameter, ParameterError
+from memories_lib.book import sphinx as book_sphinx
 from memories_lib.core.profile import PROFILES_DIR, load_profile
 
 PARAMS = """\
@@ -36,7 +40,24 @@ computed = 2 ** 3  # not a literal
 ```
 """
 
-# Runs in the kernel: records which interpreter ran it and glues a value.
+# Parameters with type annotations (a default of None no longer means "anything goes").
+ANNOTATED = """\
+# Annotated
+
+```{code-cell} ipython3
+:tags: [parameters]
+
+profile = "tiny"  # profile
+num_images: int | None = None  # how many images (None: the profile's choice)
+rate: float | None = None  # a float or None
+label: None | str = None  # None first
+concepts: list[str] | None = None  # a list (its items are not checked)
+flag: bool = False  # a boolean, not None
+count: int = 3  # an integer, not None
+```
+"""
+
+# Runs in the kernel: records which interpreter ran it, the value of an annotated parameter, and glues a value.
 PROBE = """\
 # Probe
 
@@ -45,6 +66,7 @@ PROBE = """\
 
 profile = "tiny"  # profile
 num_steps = 1  # steps
+limit: int | None = None  # an annotated parameter
 ```
 
 ```{code-cell} ipython3
@@ -53,6 +75,7 @@ from myst_nb import glue
 print("EXECUTABLE=" + sys.executable)
 print("CWD=" + os.getcwd())
 print("CACHE=" + os.environ.get("MEMORIES_CACHE", ""))
+print(f"LIMIT={limit!r}")
 glue("steps_squared", num_steps ** 2, display=False)
 ```
 """
@@ -82,7 +105,8 @@ print("never reached")
 
 @pytest.fixture
 def root(tmp_path):
-    return make_book_root(tmp_path, {"01_params": PARAMS, "02_probe": PROBE, "03_fails": FAILING})
+    notebooks = {"01_params": PARAMS, "02_probe": PROBE, "03_fails": FAILING, "04_annotated": ANNOTATED}
+    return make_book_root(tmp_path, notebooks)
 
 
 def _chapter(root: Path, name: str) -> book.Chapter:
@@ -94,7 +118,7 @@ def _chapter(root: Path, name: str) -> book.Chapter:
 
 def test_chapters_follow_the_toc(root):
     found = book.chapters(root)
-    assert [c.name for c in found] == ["01_params", "02_probe", "03_fails"]
+    assert [c.name for c in found] == ["01_params", "02_probe", "03_fails", "04_annotated"]
     assert found[0].source == root / "notebooks" / "01_params.md"
     assert found[0].executed == root / "_executed" / "01_params.ipynb"
 
@@ -103,7 +127,7 @@ def test_repository_toc_lists_existing_chapters_and_pages():
     found = book.chapters(REPO)
     assert found, "the repository's _toc.yml lists no executed chapter"
     assert all(c.source.is_file() for c in found)
-    toc_files = book._toc_files(yaml.safe_load((REPO / "_toc.yml").read_text()))
+    toc_files = book.toc._toc_files(yaml.safe_load((REPO / "_toc.yml").read_text()))
     for entry in toc_files:
         if not entry.startswith(book.EXECUTED_DIR):
             assert (REPO / f"{entry}.md").is_file(), f"_toc.yml lists {entry} but {entry}.md is missing"
@@ -176,6 +200,82 @@ def test_check_parameters_rejects(root, overrides, pattern):
         book.check_parameters(_chapter(root, "01_params"), overrides)
 
 
+def test_notebook_parameters_reads_annotations(root):
+    params = book.notebook_parameters(root / "notebooks" / "04_annotated.md")
+    assert list(params) == ["profile", "num_images", "rate", "label", "concepts", "flag", "count"]
+    assert params["profile"] == NotebookParameter("tiny", str)
+    assert params["num_images"] == NotebookParameter(None, int, optional=True)
+    assert params["rate"] == NotebookParameter(None, float, optional=True)
+    assert params["label"] == NotebookParameter(None, str, optional=True)
+    assert params["concepts"] == NotebookParameter(None, list, optional=True)
+    assert params["flag"] == NotebookParameter(False, bool)
+    assert params["count"] == NotebookParameter(3, int)
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ({"num_images": 5}, {"num_images": 5}),
+        ({"num_images": None}, {"num_images": None}),
+        ({"rate": 2}, {"rate": 2.0}),
+        ({"rate": None}, {"rate": None}),
+        ({"label": "x"}, {"label": "x"}),
+        ({"concepts": ("star",)}, {"concepts": ["star"]}),
+        ({"concepts": None, "flag": True, "count": 4}, {"concepts": None, "flag": True, "count": 4}),
+    ],
+)
+def test_annotated_parameters_accept_their_type_and_none(root, overrides, expected):
+    checked = book.check_parameters(_chapter(root, "04_annotated"), overrides)
+    assert checked == expected
+    assert all(type(checked[k]) is type(v) for k, v in expected.items())
+
+
+@pytest.mark.parametrize(
+    "overrides, pattern",
+    [
+        ({"num_images": "abc"}, r"'num_images' of notebook 04_annotated\.md must be an integer or None "
+                                r"\(its default is None\), got 'abc' \(str\)"),
+        ({"num_images": 2.5}, r"'num_images' .* must be an integer or None"),
+        ({"num_images": True}, r"'num_images' .* must be an integer or None"),
+        ({"rate": "fast"}, r"'rate' .* must be a number or None"),
+        ({"label": 5}, r"'label' .* must be a string or None"),
+        ({"concepts": "star"}, r"'concepts' .* must be a list or None"),
+        ({"flag": None}, r"'flag' .* must be a boolean \("),
+        ({"count": None}, r"'count' .* must be an integer \("),
+        ({"num_image": 5}, r"unknown parameter 'num_image' for notebook 04_annotated\.md; "
+                           r"its parameters are: profile, num_images, rate"),
+    ],
+)
+def test_annotated_parameters_reject(root, overrides, pattern):
+    with pytest.raises(ParameterError, match=pattern):
+        book.check_parameters(_chapter(root, "04_annotated"), overrides)
+
+
+def test_profile_values_are_checked_against_annotations(root):
+    params = book.chapter_parameters(_chapter(root, "04_annotated"), "tiny")
+    assert params == {"profile": "tiny", "num_images": load_profile("tiny").parameters["num_images"]}
+
+
+def _parameters_only(tmp_path: Path, cell: str) -> Path:
+    """The source of a one-chapter book whose chapter has only a parameters cell with ``cell``."""
+    make_book_root(tmp_path, {"01_x": f"# X\n\n```{{code-cell}} ipython3\n:tags: [parameters]\n\n{cell}\n```\n"})
+    return tmp_path / "notebooks" / "01_x.md"
+
+
+@pytest.mark.parametrize("annotation", ["Path | None", "int | str", "Any"])
+def test_unsupported_annotation_is_an_error(tmp_path, annotation):
+    source = _parameters_only(tmp_path, f"profile = 'tiny'\nwhere: {annotation} = None")
+    expected = rf"'where' of notebook 01_x\.md has the annotation '{re.escape(annotation)}'"
+    with pytest.raises(ParameterError, match=expected):
+        book.notebook_parameters(source)
+
+
+def test_parameters_cell_must_be_python(tmp_path):
+    source = _parameters_only(tmp_path, "profile = ")
+    with pytest.raises(ParameterError, match=r"parameters cell of notebook 01_x\.md is not valid Python"):
+        book.notebook_parameters(source)
+
+
 @pytest.mark.parametrize(
     "text, value",
     [("8", 8), ("2.5", 2.5), ("1e-3", 1e-3), ("-2E4", -2e4), ("star", "star"), ('["star"]', ["star"]),
@@ -235,6 +335,16 @@ def test_banner_names_a_missing_gpu_honestly():
         assert "cuda (not available on this machine)" in text
 
 
+def test_banner_says_when_numbers_are_not_to_be_interpreted():
+    tiny = load_profile("tiny")
+    assert not tiny.interpret
+    lines = book.banner_markdown(tiny, seed=0).splitlines()
+    assert lines.count(book.banner.NOT_INTERPRETED) == 1
+    # the line follows the profile's field, not its name
+    interpreted = dataclasses.replace(tiny, interpret=True)
+    assert book.banner.NOT_INTERPRETED not in book.banner_markdown(interpreted, seed=0)
+
+
 def test_show_banner_displays_markdown(monkeypatch):
     shown = []
     monkeypatch.setattr("IPython.display.display", lambda obj: shown.append(obj))
@@ -254,13 +364,21 @@ def test_vendor_mathjax_copies_a_working_mathjax_once(tmp_path):
     assert entry.stat().st_mtime_ns == stamp, "a second call must not copy again"
 
 
+def test_config_names_an_importable_sphinx_extension():
+    config = yaml.safe_load((REPO / "_config.yml").read_text())
+    extensions = config["sphinx"]["extra_extensions"]
+    assert "memories_lib.book.sphinx" in extensions
+    for name in extensions:
+        assert callable(importlib.import_module(name).setup), f"{name} has no Sphinx setup()"
+
+
 def test_sphinx_hook_drops_vendored_scripts_only():
     class Config:
         html_js_files = ["mathjax/tex-mml-chtml.js", ("mathjax/ui/menu.js", {}), "custom.js"]
         html_css_files = ["mathjax/x.css", "site.css"]
 
     config = Config()
-    book._drop_vendored_scripts(None, config)
+    book_sphinx._drop_vendored_scripts(None, config)
     assert config.html_js_files == ["custom.js"]
     assert config.html_css_files == ["site.css"]
 
@@ -274,16 +392,22 @@ def _stream_text(nb) -> str:
     )
 
 
-def test_execute_chapter_runs_in_this_interpreter_at_the_root(root, memories_cache):
-    out = book.execute_chapter(_chapter(root, "02_probe"), "tiny", {"num_steps": 3}, root / "out", progress=False)
+def test_execute_chapter_runs_in_this_interpreter_at_the_root(root, memories_cache, caplog):
+    caplog.set_level(logging.WARNING, logger="papermill")
+    out = book.execute_chapter(_chapter(root, "02_probe"), "tiny", {"num_steps": 3, "limit": 5}, root / "out",
+                               progress=False)
     assert out == root / "out" / "02_probe.ipynb"
     nb = nbformat.read(out, as_version=4)
     text = _stream_text(nb)
     assert f"EXECUTABLE={sys.executable}" in text, "the python3 kernel must be this environment's interpreter"
     assert f"CWD={root}" in text
     assert f"CACHE={memories_cache}" in text
+    assert "LIMIT=5" in text, "the injected value of an annotated parameter must win over its default"
     injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert len(injected) == 1 and "num_steps = 3" in injected[0].source and 'profile = "tiny"' in injected[0].source
+    assert "limit = 5" in injected[0].source
+    # papermill's own inspection misses 'limit: int | None'; its "unknown parameter" warning is dropped
+    assert "unknown parameter" not in caplog.text
     glued = [o for c in nb.cells for o in c.get("outputs", []) if o.get("metadata", {}).get("scrapbook")]
     assert glued and glued[0]["metadata"]["scrapbook"]["name"] == "steps_squared"
     assert [v for k, v in glued[0]["data"].items() if k.endswith("text/plain")] == ["9"]
@@ -305,13 +429,18 @@ def test_build_book_checks_every_chapter_before_work(root, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("work started although a parameter was invalid")
 
-    monkeypatch.setattr(book, "_run_notebook", forbidden)
-    monkeypatch.setattr(book, "vendor_mathjax", forbidden)
+    monkeypatch.setattr(book.execute, "run_notebook", forbidden)
+    monkeypatch.setattr(book.mathjax, "vendor_mathjax", forbidden)
+    monkeypatch.setattr(book.build, "warm_matplotlib", forbidden)
+    monkeypatch.setattr(book.build, "prepare_models", forbidden)
     with pytest.raises(ParameterError, match=r"unknown parameter\(s\) \['nope'\]"):
         book.build_book("tiny", {"nope": 1}, root)
     # 'rate' is declared by 01_params only; a wrong type there is caught before 02 and 03 run
     with pytest.raises(ParameterError, match="'rate'"):
         book.build_book("tiny", {"rate": "x"}, root)
+    # 'num_images: int | None = None' in 04_annotated: a string is refused too
+    with pytest.raises(ParameterError, match="'num_images' of notebook 04_annotated.md must be an integer or None"):
+        book.build_book("tiny", {"num_images": "abc"}, root)
 
 
 def test_build_book_prepares_the_models_before_the_first_chapter(root, monkeypatch, memories_cache):
@@ -326,9 +455,9 @@ def test_build_book_prepares_the_models_before_the_first_chapter(root, monkeypat
         calls.append(chapter.name)
         raise BookError("stop after the first chapter")
 
-    monkeypatch.setattr(book, "vendor_mathjax", lambda root: None)
-    monkeypatch.setattr(book, "prepare_models", prepare)
-    monkeypatch.setattr(book, "_run_notebook", run_notebook)
+    monkeypatch.setattr(book.mathjax, "vendor_mathjax", lambda root: None)
+    monkeypatch.setattr(book.build, "prepare_models", prepare)
+    monkeypatch.setattr(book.execute, "run_notebook", run_notebook)
     with pytest.raises(BookError, match="stop after"):
         book.build_book("tiny", {}, root, progress=False)
     assert calls == ["models", "01_params"]

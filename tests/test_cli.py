@@ -26,10 +26,11 @@ num_steps = 5  # steps
 scale = 1.5  # a float
 concepts = ["triangle"]  # concepts
 extra = None  # anything
+max_images: int | None = None  # an integer or None
 ```
 
 ```{code-cell} ipython3
-print(profile, seed, num_steps, scale, concepts, extra)
+print(profile, seed, num_steps, scale, concepts, extra, max_images)
 ```
 """
 
@@ -62,15 +63,16 @@ def root(tmp_path, monkeypatch):
 
 @pytest.fixture
 def no_work(monkeypatch):
-    """Fail loudly if anything would execute a notebook, warm matplotlib, vendor MathJax or run jupyter-book."""
+    """Fail loudly if anything would execute a notebook, warm matplotlib, vendor MathJax, prepare models or run jupyter-book."""
 
     def forbidden(*args, **kwargs):
         raise AssertionError("work started although the arguments were invalid")
 
     monkeypatch.setattr(papermill, "execute_notebook", forbidden)
-    monkeypatch.setattr(book, "vendor_mathjax", forbidden)
-    monkeypatch.setattr(book, "warm_matplotlib", forbidden)
-    monkeypatch.setattr(book, "_jupyter_book", forbidden)
+    monkeypatch.setattr(book.mathjax, "vendor_mathjax", forbidden)
+    monkeypatch.setattr(book.build, "warm_matplotlib", forbidden)
+    monkeypatch.setattr(book.build, "prepare_models", forbidden)
+    monkeypatch.setattr(book.build, "_jupyter_book", forbidden)
 
 
 @pytest.fixture
@@ -110,7 +112,7 @@ def test_run_unknown_parameter_fails_before_work(root, no_work, capsys):
     assert cli.main(["run", "01_demo", "-p", "num_step", "3"]) == cli.EXIT_USAGE
     line = _one_error_line(capsys)
     assert "'num_step'" in line and "01_demo.md" in line
-    for allowed in ("seed", "num_steps", "scale", "concepts"):
+    for allowed in ("seed", "num_steps", "scale", "concepts", "max_images"):
         assert allowed in line
     assert not (root / "_executed").exists()
 
@@ -124,6 +126,9 @@ def test_run_unknown_parameter_fails_before_work(root, no_work, capsys):
         ("scale", "fast", "must be a number"),
         ("concepts", "star", "must be a list"),
         ("seed", "[1, 2]", "must be an integer"),
+        ("max_images", "abc", "must be an integer or None"),
+        ("max_images", "2.5", "must be an integer or None"),
+        ("max_images", "[1]", "must be an integer or None"),
     ],
 )
 def test_run_wrong_type_fails_before_work(root, no_work, capsys, name, value, expected):
@@ -157,6 +162,16 @@ def test_book_unknown_parameter_fails_before_work(root, no_work, capsys):
 def test_book_wrong_type_fails_before_work(root, no_work, capsys):
     assert cli.main(["book", "-p", "num_steps", "many"]) == cli.EXIT_USAGE
     assert "must be an integer" in _one_error_line(capsys)
+    assert cli.main(["book", "-p", "max_images", "abc"]) == cli.EXIT_USAGE
+    line = _one_error_line(capsys)
+    assert "'max_images'" in line and "must be an integer or None" in line
+
+
+@pytest.mark.parametrize("value, expected", [("5", 5), ("null", None)])
+def test_run_annotated_parameter_accepts_its_type_and_none(root, fake_papermill, value, expected):
+    assert cli.main(["run", "01_demo", "-q", "--profile", "tiny", "-p", "max_images", value]) == 0
+    params = fake_papermill[0]["parameters"]
+    assert params["max_images"] == expected and type(params["max_images"]) is type(expected)
 
 
 def test_run_passes_yaml_parsed_values_and_profile_defaults(root, fake_papermill, capsys):

@@ -1,0 +1,98 @@
+"""Building the book: every chapter of ``_toc.yml`` executed into ``_executed/``, then ``jupyter-book build``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..core.profile import Profile
+from ..worlds import open_world
+from . import execute, mathjax
+from .parameters import ParameterError, as_profile, chapter_parameters, notebook_parameters
+from .toc import BookError, Chapter, chapters, find_root
+
+
+def warm_matplotlib() -> None:
+    """Build matplotlib's font cache once, so no chapter prints the first-import warning."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.font_manager  # noqa: F401  (building the cache is the side effect)
+
+
+def _jupyter_book() -> str:
+    """The ``jupyter-book`` executable of this environment (else the one on the PATH)."""
+    beside = Path(sys.executable).parent / "jupyter-book"
+    found = str(beside) if beside.is_file() else shutil.which("jupyter-book")
+    if not found:
+        raise BookError("jupyter-book is not installed in this environment (pip install 'jupyter-book<2')")
+    return found
+
+
+def prepare_models(profile: str | Path | Profile, progress: bool = True) -> None:
+    """Build or train the profile's models here, before any chapter runs.
+
+    The first build of the ``mini`` world trains it for many minutes; done here, its progress
+    bars show in the terminal instead of disappearing into a chapter's kernel.
+    """
+    p = as_profile(profile)
+    if progress:
+        print(f"[memories] preparing the models of profile {p.name!r} (world {p.world.kind})", file=sys.stderr)
+    open_world(p).prepare(progress=progress)
+
+
+def build_book(
+    profile: str | Profile,
+    overrides: Mapping[str, Any] | None = None,
+    root: str | Path | None = None,
+    *,
+    progress: bool = True,
+) -> Path:
+    """Execute every chapter of ``_toc.yml`` into ``_executed/`` and build the HTML book.
+
+    Parameters are checked for every chapter before anything runs: an override must be
+    declared by at least one chapter and is given to the chapters that declare it.
+    Returns ``<root>/_build/html/index.html``; raises BookError when a chapter or the build fails.
+    """
+    root = find_root() if root is None else Path(root).resolve()
+    as_profile(profile)  # an unknown profile fails here, before anything runs
+    overrides = dict(overrides or {})
+    plans: list[tuple[Chapter, dict[str, Any]]] = []
+    declared_anywhere: set[str] = set()
+    for chapter in chapters(root):
+        declared = notebook_parameters(chapter.source)
+        declared_anywhere.update(declared)
+        mine = {name: value for name, value in overrides.items() if name in declared}
+        plans.append((chapter, chapter_parameters(chapter, profile, mine, declared)))
+    unknown = sorted(set(overrides) - declared_anywhere)
+    if unknown:
+        raise ParameterError(
+            f"unknown parameter(s) {unknown}: no chapter declares them; "
+            f"the chapters' parameters are: {', '.join(sorted(declared_anywhere)) or 'none'}"
+        )
+
+    warm_matplotlib()
+    mathjax.vendor_mathjax(root)
+    prepare_models(profile, progress)
+    for chapter, parameters in plans:
+        if progress:
+            print(f"[memories] executing {chapter.source.relative_to(root)} with {parameters}", file=sys.stderr)
+        execute.run_notebook(chapter, parameters, chapter.executed, progress)
+
+    cmd = [_jupyter_book(), "build", str(root), "-W", "-n", "--keep-going"]
+    if progress:
+        print(f"[memories] {' '.join(cmd)}", file=sys.stderr)
+    done = subprocess.run(cmd, cwd=root, env=dict(os.environ))
+    index = root / "_build" / "html" / "index.html"
+    if done.returncode != 0:
+        raise BookError(
+            f"jupyter-book build failed (exit {done.returncode}); its warnings are printed above "
+            f"and execution reports are under {root / '_build' / 'html' / 'reports'}"
+        )
+    if not index.is_file():
+        raise BookError(f"jupyter-book build finished but {index} is missing")
+    return index

@@ -1,0 +1,79 @@
+"""Executing a chapter: its parameters checked first, then papermill in the book root."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..core.profile import Profile
+from .parameters import chapter_parameters
+from .toc import BookError, Chapter, read_notebook
+
+KERNEL_NAME = "python3"
+
+
+def _drop_unknown_parameter_warnings(record: logging.LogRecord) -> bool:
+    """False for papermill's "Passed unknown parameter" warning.
+
+    papermill's inspection misses an annotated ``NAME: int | None = ...``; the parameters it
+    is given were checked against the cell (read with ``ast``) already.
+    """
+    return not record.getMessage().startswith("Passed unknown parameter")
+
+
+def run_notebook(chapter: Chapter, parameters: Mapping[str, Any], output: Path, progress: bool) -> Path:
+    """Execute ``chapter`` with papermill and ``parameters`` (already checked) into ``output``."""
+    import jupytext
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    nb = read_notebook(chapter.source)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    papermill_log = logging.getLogger("papermill")
+    papermill_log.addFilter(_drop_unknown_parameter_warnings)
+    try:
+        with tempfile.TemporaryDirectory(prefix="memories-run-") as tmp:
+            ipynb = Path(tmp) / f"{chapter.name}.ipynb"
+            jupytext.write(nb, ipynb)
+            papermill.execute_notebook(
+                str(ipynb),
+                str(output),
+                parameters=dict(parameters),
+                kernel_name=KERNEL_NAME,
+                cwd=str(chapter.root),
+                progress_bar=progress,
+            )
+    except PapermillExecutionError as err:
+        first_line = next((line for line in err.source.splitlines() if line.strip()), "")
+        raise BookError(
+            f"notebook {chapter.source.name} failed in cell {err.cell_index} (In [{err.exec_count}], "
+            f"starting {first_line.strip()!r}): {err.ename}: {err.evalue}. "
+            f"The executed copy is at {output}"
+        ) from None
+    finally:
+        papermill_log.removeFilter(_drop_unknown_parameter_warnings)
+    return output
+
+
+def execute_chapter(
+    chapter: Chapter,
+    profile: str | Profile,
+    overrides: Mapping[str, Any] | None = None,
+    out_dir: str | Path | None = None,
+    *,
+    output: str | Path | None = None,
+    progress: bool = True,
+) -> Path:
+    """Execute one chapter with papermill and return the path of the executed notebook.
+
+    The parameters are checked before anything runs. The kernel is ``python3`` (this
+    interpreter's), the working directory the book root. The executed copy goes to ``output``,
+    else ``out_dir/NAME.ipynb``, else ``<root>/_executed/NAME.ipynb``; it is written even when
+    a cell fails, and the BookError names the notebook and the failing cell.
+    """
+    parameters = chapter_parameters(chapter, profile, overrides)
+    if output is None:
+        output = Path(out_dir) / f"{chapter.name}.ipynb" if out_dir is not None else chapter.executed
+    return run_notebook(chapter, parameters, Path(output), progress)

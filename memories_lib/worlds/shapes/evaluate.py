@@ -82,7 +82,7 @@ def judge_generations(
 ) -> GenerationJudgement:
     """Generate ``n_per_prompt`` images per (prompt, attributes) and compare the classifier's verdicts with them.
 
-    The generating, classifying and caching are :func:`memories_lib.erasure.evaluate.judged_generations`
+    The generating, classifying and caching are :func:`memories_lib.core.judging.judged_generations`
     (seeds from ``torch.Generator().manual_seed(seed)``, results in ``store``); this adds
     which attributes each prompt named, so that accuracy can be counted per attribute.
     """
@@ -94,7 +94,7 @@ def judge_generations(
         raise ValueError("judge_generations needs at least one prompt")
     texts = [p for p, _ in prompts for _ in range(n_per_prompt)]
     attrs = [a for _, a in prompts for _ in range(n_per_prompt)]
-    judged = judged_generations(ldm, classifier, HEADS, texts, seed=seed, num_steps=num_steps,
+    judged = judged_generations(ldm, classifier, texts, seed=seed, num_steps=num_steps,
                                 guidance_scale=guidance_scale, batch_size=batch_size, store=store,
                                 progress=progress)
     table = pd.DataFrame({"prompt": texts})

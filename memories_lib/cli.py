@@ -97,7 +97,7 @@ def _cmd_profiles(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_mini(argv: list[str]) -> int:
-    from .worlds.shapes.train import main as train_main  # owned by the mini world; imported only when asked
+    from .worlds.shapes.training.cli import main as train_main  # owned by the shapes world; imported when asked
 
     result = train_main(argv)
     return int(result or 0)

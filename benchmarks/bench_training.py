@@ -20,8 +20,13 @@ from typing import Any
 
 import torch
 
-from memories_lib.worlds.shapes import train
+from memories_lib.worlds.shapes import training
 from memories_lib.worlds.shapes.config import resolve_config
+from memories_lib.worlds.shapes.training.classifier import train_classifier
+from memories_lib.worlds.shapes.training.contrastive import train_contrastive
+from memories_lib.worlds.shapes.training.dataset import TrainingData
+from memories_lib.worlds.shapes.training.text_unet import train_text_unet
+from memories_lib.worlds.shapes.training.vae import train_vae
 
 GOAL_S = 20 * 60
 STEP_KEYS = {"vae": "vae", "unet": "unet", "classifier": "classifier", "contrastive": "contrastive"}
@@ -30,36 +35,36 @@ STEP_KEYS = {"vae": "vae", "unet": "unet", "classifier": "classifier", "contrast
 def cold_run(config: dict[str, Any], threads: int) -> dict[str, float]:
     """Train everything into an empty temporary cache; seconds per stage and in total."""
     with tempfile.TemporaryDirectory(prefix="bench-mini-") as root:
-        old = os.environ.get("MEMORIES_MINI_CACHE")
-        os.environ["MEMORIES_MINI_CACHE"] = root
+        old = os.environ.get("MEMORIES_CACHE")
+        os.environ["MEMORIES_CACHE"] = root
         try:
             start = time.perf_counter()
-            train.ensure_trained(config, threads=threads, progress=True)
+            training.ensure_trained(config, threads=threads, progress=True)
             total = time.perf_counter() - start
-            report = train.training_report(config)
+            report = training.training_report(config)
         finally:
             if old is None:
-                os.environ.pop("MEMORIES_MINI_CACHE", None)
+                os.environ.pop("MEMORIES_CACHE", None)
             else:
-                os.environ["MEMORIES_MINI_CACHE"] = old
-    seconds = {stage: float(report[stage]["seconds"]) for stage in train.STAGES}
+                os.environ["MEMORIES_CACHE"] = old
+    seconds = {stage: float(report[stage]["seconds"]) for stage in training.STAGES}
     seconds["data and saving"] = total - sum(seconds.values())
     seconds["total"] = total
     return seconds
 
 
-def _time_stage(cfg: dict[str, Any], stage: str, steps: int, data: "train._Data", vae) -> float:
+def _time_stage(cfg: dict[str, Any], stage: str, steps: int, data: TrainingData, vae) -> float:
     key = STEP_KEYS[stage]
     short = {**cfg, key: {**cfg[key], "steps": steps}}
     start = time.perf_counter()
     if stage == "vae":
-        train.train_vae(short, data, progress=False)
+        train_vae(short, data, progress=False)
     elif stage == "unet":
-        train.train_text_unet(short, vae, data, progress=False)
+        train_text_unet(short, vae, data, progress=False)
     elif stage == "classifier":
-        train.train_classifier(short, data, progress=False)
+        train_classifier(short, data, progress=False)
     else:
-        train.train_contrastive(short, data, progress=False)
+        train_contrastive(short, data, progress=False)
     return time.perf_counter() - start
 
 
@@ -71,11 +76,11 @@ def estimate(config: dict[str, Any], extra_steps: int, threads: int) -> dict[str
     torch.set_num_threads(threads)
     try:
         start = time.perf_counter()
-        data = train._Data(cfg, progress=False)
+        data = TrainingData(cfg, progress=False)
         data.train, data.eval  # noqa: B018  (draws both image sets now, inside the timed section)
         seconds["data and saving"] = time.perf_counter() - start
-        vae, _ = train.train_vae({**cfg, "vae": {**cfg["vae"], "steps": 1}}, data, progress=False)
-        for stage in train.STAGES:
+        vae, _ = train_vae({**cfg, "vae": {**cfg["vae"], "steps": 1}}, data, progress=False)
+        for stage in training.STAGES:
             t_short = _time_stage(cfg, stage, 2, data, vae)
             t_long = _time_stage(cfg, stage, 2 + extra_steps, data, vae)
             per_step = (t_long - t_short) / extra_steps
@@ -93,11 +98,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="benchmarks.run training", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="full", help="training preset (default full)")
     parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads (default 0: memories_lib.worlds.shapes.train.default_threads())")
+                        help="torch CPU threads (default 0: memories_lib.worlds.shapes.training.default_threads())")
     parser.add_argument("--estimate", type=int, default=0, metavar="K",
                         help="extrapolate from runs of 2 and 2 + K steps instead of a full cold run")
     args = parser.parse_args(argv)
-    threads = args.threads or train.default_threads()
+    threads = args.threads or training.default_threads()
     config = resolve_config(args.config)
     kind = f"estimated from {args.estimate} extra steps" if args.estimate else "measured cold run"
     print(f"shapes world, config {args.config!r}, {threads} thread(s), {os.cpu_count()} core(s): {kind}", flush=True)

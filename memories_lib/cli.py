@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-o", "--output", default=None, help="executed notebook path (default: _executed/NAME.ipynb)")
 
     sub.add_parser("profiles", help="list the shipped profiles")
-    sub.add_parser("train-mini", help="train the embedded mini world (arguments go to memories_lib.worlds.shapes.train)",
+    sub.add_parser("train-mini", help="train the embedded mini world (arguments go to memories_lib.worlds.shapes.training.cli)",
                    add_help=False)
     return parser
 
@@ -97,7 +97,7 @@ def _cmd_profiles(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_mini(argv: list[str]) -> int:
-    from .worlds.shapes.train import main as train_main  # owned by the mini world; imported only when asked
+    from .worlds.shapes.training.cli import main as train_main  # owned by the shapes world; imported when asked
 
     result = train_main(argv)
     return int(result or 0)

@@ -222,9 +222,9 @@ def test_failed_cell_is_one_line_naming_notebook_and_cell(root, capsys):
 
 def test_train_mini_forwards_its_arguments(monkeypatch):
     seen = []
-    fake = types.ModuleType("memories_lib.worlds.shapes.train")
+    fake = types.ModuleType("memories_lib.worlds.shapes.training.cli")
     fake.main = lambda argv: seen.append(argv) or 0
-    monkeypatch.setitem(sys.modules, "memories_lib.worlds.shapes.train", fake)
+    monkeypatch.setitem(sys.modules, "memories_lib.worlds.shapes.training.cli", fake)
     assert cli.main(["train-mini", "--steps", "3", "--help"]) == 0
     assert seen == [["--steps", "3", "--help"]]
 

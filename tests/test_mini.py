@@ -10,7 +10,8 @@ import torch
 
 from memories_lib.worlds.shapes import data
 from memories_lib.worlds.shapes.classifier import HEADS, ShapesClassifier, attribute_of
-from memories_lib.worlds.shapes.config import ConfigError, PRESETS, config_hash, latent_shape, resolve_config
+from memories_lib.worlds.shapes import training
+from memories_lib.worlds.shapes.config import ConfigError, PRESETS, latent_shape, resolve_config
 from memories_lib.worlds.shapes.data import (
     BACKGROUNDS,
     COLOURS,
@@ -25,7 +26,11 @@ from memories_lib.worlds.shapes.data import (
     vocabulary,
 )
 from memories_lib.core.models import hash_modules, load_ldm
-from memories_lib.core.profile import load_profile, parse_profile
+from memories_lib.core.profile import load_profile, thaw
+from memories_lib.core.store import content_key
+from memories_lib.worlds.shapes.training import cache, cli
+from memories_lib.worlds.shapes.training.loop import train_loop, warmup_cosine
+from memories_lib.worlds.shapes.world import ShapesWorld
 
 # --------------------------------------------------------------------------- data
 
@@ -111,10 +116,9 @@ def test_concepts_map_to_classifier_heads():
 def test_configs_resolve_from_presets_and_overrides():
     assert resolve_config(None) == PRESETS["full"] == resolve_config({"preset": "full"})
     assert resolve_config("tiny") == resolve_config({"preset": "tiny"})
-    assert config_hash("tiny") == config_hash({"preset": "tiny"}) == config_hash(resolve_config("tiny"))
     changed = resolve_config({"preset": "tiny", "unet": {"steps": 5}})
     assert changed["unet"]["steps"] == 5 and changed["unet"]["lr"] == PRESETS["tiny"]["unet"]["lr"]
-    assert config_hash(changed) != config_hash("tiny")
+    assert changed != resolve_config("tiny")
     assert latent_shape("full") == (4, 8, 8)
     with pytest.raises(ConfigError, match="unknown training config key .unet.stepz."):
         resolve_config({"unet": {"stepz": 3}})
@@ -124,13 +128,56 @@ def test_configs_resolve_from_presets_and_overrides():
         resolve_config({"preset": "tiny", "image_size": 30})
 
 
+def test_the_training_cache_is_keyed_by_the_content_key_of_config_and_version(monkeypatch, tmp_path):
+    monkeypatch.setenv("MEMORIES_CACHE", str(tmp_path))
+    folder = training.cache_folder("tiny")
+    key = content_key(config=resolve_config("tiny"), version=cache.TRAINING_VERSION)
+    assert folder == tmp_path / "worlds" / f"shapes-{key[:16]}"
+    # Two spellings of one config share a folder; a changed value gives another.
+    assert training.cache_folder({"preset": "tiny"}) == training.cache_folder(resolve_config("tiny")) == folder
+    assert training.cache_folder({"preset": "tiny", "unet": {"steps": PRESETS["tiny"]["unet"]["steps"]}}) == folder
+    assert training.cache_folder({"preset": "tiny", "unet": {"steps": 5}}) != folder
+    assert training.stage_path("tiny", "unet") == folder / "ldm"
+    assert training.stage_path("tiny", "classifier") == folder / "classifier"
+    # The training code's version is part of the key.
+    monkeypatch.setattr(cache, "TRAINING_VERSION", cache.TRAINING_VERSION + 1)
+    assert training.cache_folder("tiny") != folder
+
+
+def test_the_learning_rate_warms_up_then_decays_to_its_floor():
+    factor = warmup_cosine(4, 20, floor=0.1)
+    assert [factor(i) for i in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    decay = [factor(i) for i in range(4, 21)]
+    assert decay[0] == pytest.approx(1.0) and decay[-1] == pytest.approx(0.1)
+    assert all(a > b for a, b in zip(decay, decay[1:]))
+    assert factor(12) == pytest.approx(0.55)  # halfway: floor + (1 - floor) / 2
+    assert factor(100) == pytest.approx(0.1)  # and it stays at the floor
+
+
+def test_the_training_loop_steps_on_the_schedule_and_records_each_step():
+    # A constant gradient makes every AdamW step move the parameter by the step's learning rate.
+    w = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))
+    after: list[float] = []
+    recorded = train_loop([w], lambda i: (w * 1.0, torch.tensor(float(i))), steps=10, lr=0.1, warmup=2, floor=0.2,
+                          after_step=lambda i: after.append(w.item()), desc="test", progress=False)
+    assert recorded == [float(i) for i in range(10)]
+    factor = warmup_cosine(2, 10, floor=0.2)
+    assert -np.diff([0.0, *after]) == pytest.approx([0.1 * factor(i) for i in range(10)], rel=1e-6)
+    # A step that returns only its loss records the loss.
+    start, factor = w.item(), warmup_cosine(1, 3)
+    expected = [2 * start, 2 * (start - 0.1 * factor(0)), 2 * (start - 0.1 * factor(0) - 0.1 * factor(1))]
+    assert train_loop([w], lambda i: w * 2.0, steps=3, lr=0.1, warmup=1, desc="test",
+                      progress=False) == pytest.approx(expected, rel=1e-6)
+
+
 def test_the_mini_profile_names_the_full_config_and_its_latent_dimension():
     profile = load_profile("mini")
-    assert profile.model.kind == "mini"
-    assert resolve_config(dict(profile.model.config)) == resolve_config("full")
-    c, h, w = latent_shape(dict(profile.model.config))
+    assert profile.world.kind == ShapesWorld.kind
+    config = thaw(ShapesWorld.parse_spec(profile).training)
+    assert resolve_config(config) == resolve_config("full")
+    c, h, w = latent_shape(config)
     assert profile.parameters["latent_dim"] == c * h * w == 256
-    assert profile.image_size == resolve_config("full")["image_size"]
+    assert ShapesWorld(profile).image_size == resolve_config("full")["image_size"]
     for concept in profile.concepts:
         attribute_of(concept)
 
@@ -141,51 +188,50 @@ def test_the_mini_profile_names_the_full_config_and_its_latent_dimension():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """The tiny config trained once into a private cache root."""
-    from memories_lib.worlds.shapes import train
-
     root = tmp_path_factory.mktemp("mini_cache")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MEMORIES_MINI_CACHE", str(root))
-        path = train.ensure_trained("tiny", threads=1, progress=False)
+        mp.setenv("MEMORIES_CACHE", str(root))
+        path = training.ensure_trained("tiny", threads=1, progress=False)
         yield root, path
 
 
 @pytest.fixture
 def mini_cache(trained, monkeypatch):
-    monkeypatch.setenv("MEMORIES_MINI_CACHE", str(trained[0]))
+    monkeypatch.setenv("MEMORIES_CACHE", str(trained[0]))
     return trained
 
 
-def test_training_writes_a_loadable_diffusers_folder(mini_cache):
-    from memories_lib.worlds.shapes import train
+#: Every trainer, by the module of the training package that holds it.
+TRAINERS = {"train_vae": training.vae, "train_text_unet": training.text_unet,
+            "train_classifier": training.classifier, "train_contrastive": training.contrastive}
 
+
+def test_training_writes_a_loadable_diffusers_folder(mini_cache):
     root, path = mini_cache
-    assert path == root / config_hash("tiny") / "ldm"
+    assert path == training.cache_folder("tiny") / "ldm" and path.parent.parent == root / "worlds"
     assert (path / "model_index.json").is_file()
     ldm = load_ldm(path)
     assert ldm.latent_shape == latent_shape("tiny")
     assert type(ldm.unet).__name__ == "UNet2DConditionModel" and ldm.unet.config.cross_attention_dim == 16
     assert ldm.scheduler.config.beta_schedule == "scaled_linear"
     assert ldm.scheduler.config.beta_start == 0.00085 and ldm.scheduler.config.beta_end == 0.012
-    report = train.training_report("tiny")
-    assert set(report) == set(train.STAGES)
+    report = training.training_report("tiny")
+    assert set(report) == set(training.STAGES)
     assert ldm.vae.config.scaling_factor == pytest.approx(1 / report["vae"]["latent_std"])
     ids = ldm.tokenizer(prompt("star", "red", "dots")).input_ids
     assert ldm.tokenizer.unk_token_id not in ids
 
 
 def test_classifier_and_contrastive_model_load_from_the_cache(mini_cache):
-    from memories_lib.worlds.shapes import train
-
     images, _ = make_dataset(5, 32, seed=9)
-    classifier = train.load_classifier("tiny")
+    classifier = training.load_classifier("tiny")
     predicted = classifier.predict(images)
     assert set(predicted) == set(HEADS)
     for head, names in predicted.items():
         assert names.shape == (5,) and set(names) <= set(HEADS[head])
     proba = classifier.predict_proba(images)
     assert torch.allclose(proba["colour"].sum(-1), torch.ones(5), atol=1e-5)
-    clip = train.load_contrastive("tiny")
+    clip = training.load_contrastive("tiny")
     sim = clip.similarity(images, ["a star", "a red shape on a dotted background"])
     assert sim.shape == (5, 2) and float(sim.abs().max()) <= 1.0 + 1e-5
     with pytest.raises(ValueError, match="vocabulary"):
@@ -193,8 +239,6 @@ def test_classifier_and_contrastive_model_load_from_the_cache(mini_cache):
 
 
 def test_a_second_call_reuses_the_cache(mini_cache, monkeypatch):
-    from memories_lib.worlds.shapes import train
-
     root, path = mini_cache
     folder = path.parent
     mtimes = {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
@@ -202,36 +246,35 @@ def test_a_second_call_reuses_the_cache(mini_cache, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("retrained a cached stage")
 
-    for name in ("train_vae", "train_text_unet", "train_classifier", "train_contrastive"):
-        monkeypatch.setattr(train, name, boom)
-    assert train.ensure_trained({"preset": "tiny"}, threads=1, progress=False) == path
-    train.load_classifier("tiny")
+    for name, module in TRAINERS.items():
+        monkeypatch.setattr(module, name, boom)
+    assert training.ensure_trained({"preset": "tiny"}, threads=1, progress=False) == path
+    training.load_classifier("tiny")
     assert {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()} == mtimes
 
 
 def test_a_missing_stage_is_trained_alone(mini_cache, monkeypatch):
     import shutil
 
-    from memories_lib.worlds.shapes import train
-
     root, path = mini_cache
-    classifier_dir = train.stage_path("tiny", "classifier")
+    classifier_dir = training.stage_path("tiny", "classifier")
     before = hash_modules(ShapesClassifier.load(classifier_dir))
     ldm_mtime = (path / "model_index.json").stat().st_mtime_ns
     shutil.rmtree(classifier_dir)
-    assert train.missing_stages("tiny") == ["classifier"]
+    assert training.missing_stages("tiny") == ["classifier"]
     calls = []
-    real = train.train_classifier
+    real = training.classifier.train_classifier
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train, "train_classifier", counting)
-    for name in ("train_vae", "train_text_unet", "train_contrastive"):
-        monkeypatch.setattr(train, name, lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
-    train.ensure_trained("tiny", threads=1, progress=False)
-    assert calls == [1] and train.missing_stages("tiny") == []
+    for name, module in TRAINERS.items():
+        if name != "train_classifier":
+            monkeypatch.setattr(module, name, lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
+    monkeypatch.setattr(training.classifier, "train_classifier", counting)
+    training.ensure_trained("tiny", threads=1, progress=False)
+    assert calls == [1] and training.missing_stages("tiny") == []
     assert (path / "model_index.json").stat().st_mtime_ns == ldm_mtime
     # Deterministic given the config's seed: the retrained classifier has the same weights.
     assert hash_modules(ShapesClassifier.load(classifier_dir)) == before
@@ -239,45 +282,43 @@ def test_a_missing_stage_is_trained_alone(mini_cache, monkeypatch):
 
 
 def test_training_is_deterministic_given_the_seed(mini_cache, tmp_path, monkeypatch):
-    from memories_lib.worlds.shapes import train
-
     _, path = mini_cache
-    monkeypatch.setenv("MEMORIES_MINI_CACHE", str(tmp_path / "other"))
-    again = train.ensure_trained("tiny", stages=("unet",), threads=1, progress=False)
-    assert again != path and train.missing_stages("tiny") == ["classifier", "contrastive"]
+    monkeypatch.setenv("MEMORIES_CACHE", str(tmp_path / "other"))
+    again = training.ensure_trained("tiny", stages=("unet",), threads=1, progress=False)
+    assert again != path and training.missing_stages("tiny") == ["classifier", "contrastive"]
     first, second = load_ldm(path), load_ldm(again)
     assert first.weights_hash() == second.weights_hash()
 
 
 def test_unknown_stages_are_refused():
-    from memories_lib.worlds.shapes import train
-
     with pytest.raises(ValueError, match="unknown training stage"):
-        train.ensure_trained("tiny", stages=("vae", "gan"))
+        training.ensure_trained("tiny", stages=("vae", "gan"))
 
 
-def test_world_config_comes_from_the_profile(tmp_path):
-    from memories_lib.worlds.shapes.train import world_config
+def test_train_mini_takes_the_training_config_of_the_profile(tmp_path):
+    import yaml
 
-    base = {"name": "x", "description": "", "image_size": 32, "num_inference_steps": 2}
-    tiny = parse_profile({**base, "model": {"kind": "tiny"}, "data": {"world": "tiny"}})
-    assert world_config(tiny) == resolve_config("tiny")
-    mini = parse_profile({**base, "model": {"kind": "mini", "config": {"preset": "tiny", "unet": {"steps": 4}}}})
-    assert world_config(mini)["unet"]["steps"] == 4
-    with pytest.raises(ValueError, match="names no shapes-world config"):
-        world_config(parse_profile({**base, "model": {"kind": "tiny"}}))
+    assert resolve_config(thaw(cli.profile_training_config("tiny"))) == resolve_config("tiny")
+    base = {"name": "x", "description": "", "model": {"num_inference_steps": 2}}
+    custom = tmp_path / "custom.yaml"
+    custom.write_text(yaml.safe_dump({**base, "world": {"kind": "shapes", "training": {"preset": "tiny",
+                                                                                        "unet": {"steps": 4}}}}))
+    assert resolve_config(thaw(cli.profile_training_config(str(custom))))["unet"]["steps"] == 4
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({**base, "world": {"kind": "stable-diffusion"}}))
+    with pytest.raises(SystemExit, match="not the shapes world"):
+        cli.profile_training_config(str(other))
 
 
 def test_generations_are_judged_per_attribute(mini_cache, monkeypatch):
     from memories_lib.core import judging
-    from memories_lib.worlds.shapes import train
     from memories_lib.worlds.shapes.evaluate import judge_generations, prompt_grid, vae_reconstruct
 
     _, path = mini_cache
     ldm = load_ldm(path)
     grid = prompt_grid(shapes=["star", "cross"], colours=["red"], backgrounds=[None])
     assert [p for p, _ in grid] == ["a red star", "a red cross"]
-    judged = judge_generations(ldm, train.load_classifier("tiny"), grid, 2, seed=0, num_steps=2,
+    judged = judge_generations(ldm, training.load_classifier("tiny"), grid, 2, seed=0, num_steps=2,
                                guidance_scale=3.0, progress=False)
     assert judged.images.shape == (4, 3, 32, 32) and len(judged.table) == 4
     acc = judged.accuracy()
@@ -290,32 +331,30 @@ def test_generations_are_judged_per_attribute(mini_cache, monkeypatch):
         raise AssertionError("generated again although the results store holds them")
 
     monkeypatch.setattr(judging, "generate", boom)
-    again = judge_generations(ldm, train.load_classifier("tiny"), grid, 2, seed=0, num_steps=2,
+    again = judge_generations(ldm, training.load_classifier("tiny"), grid, 2, seed=0, num_steps=2,
                               guidance_scale=3.0, progress=False)
     assert torch.equal(again.images, judged.images) and again.table.equals(judged.table)
     with pytest.raises(AssertionError, match="generated again"):
-        judge_generations(ldm, train.load_classifier("tiny"), grid, 2, seed=1, num_steps=2, progress=False)
+        judge_generations(ldm, training.load_classifier("tiny"), grid, 2, seed=1, num_steps=2, progress=False)
     rec = vae_reconstruct(ldm, make_dataset(3, 32, seed=0)[0])
     assert rec.shape == (3, 3, 32, 32)
 
 
 def test_the_cli_trains_and_reports(mini_cache, capsys):
-    from memories_lib.worlds.shapes import train
-
-    assert train.main(["--config", "tiny", "--quiet", "--threads", "1"]) == 0
+    assert cli.main(["--config", "tiny", "--quiet", "--threads", "1"]) == 0
     out = capsys.readouterr().out
-    assert config_hash("tiny") in out and "eval_psnr_mean" in out
+    assert str(training.cache_folder("tiny")) in out and "eval_psnr_mean" in out
+    assert cli.main(["--profile", "tiny", "--quiet", "--threads", "1"]) == 0
+    assert str(training.cache_folder("tiny")) in capsys.readouterr().out
 
 
 def test_training_threads_are_fixed_not_read_from_the_load(monkeypatch):
-    from memories_lib.worlds.shapes import train
-
     monkeypatch.delenv("MEMORIES_THREADS", raising=False)
     monkeypatch.setattr(os, "getloadavg", lambda: (5.0, 5.0, 5.0))  # a busy machine changes nothing
-    assert train.default_threads() == (os.cpu_count() or 1)
+    assert training.default_threads() == (os.cpu_count() or 1)
     monkeypatch.setenv("MEMORIES_THREADS", "1")
-    assert train.default_threads() == 1
+    assert training.default_threads() == 1
     for bad in ("0", "two", "-3"):
         monkeypatch.setenv("MEMORIES_THREADS", bad)
         with pytest.raises(ValueError, match="MEMORIES_THREADS"):
-            train.default_threads()
+            training.default_threads()

@@ -7,17 +7,16 @@ which shape, colour and background style an image shows. Saved as ``config.json`
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ...core.models import hash_modules
 from .data import BACKGROUNDS, COLOURS, SHAPES
+from .saving import load_module, save_module
 
 #: The classifier's heads and the label names of each; a head is named like a ShapeSpec field.
 HEADS: dict[str, tuple[str, ...]] = {"shape": SHAPES, "colour": COLOURS, "background": BACKGROUNDS}
@@ -60,12 +59,20 @@ class ShapesClassifier(nn.Module):
         self.channels = [int(c) for c in channels]
         self.image_size = int(image_size)
         self.trunk, features = conv_trunk(self.channels, self.image_size)
-        self.heads = nn.ModuleDict({name: nn.Linear(features, len(labels)) for name, labels in HEADS.items()})
+        layers = nn.ModuleDict({name: nn.Linear(features, len(labels)) for name, labels in HEADS.items()})
+        # Registered under "heads" (the saved weights' names) by hand: the property ``heads`` (the label
+        # names) makes ``add_module`` refuse the name; the layers are read through ``head_layers``.
+        self._modules["heads"] = layers
 
     @property
     def label_names(self) -> dict[str, tuple[str, ...]]:
         """The label names of every head (the detector interface of a world)."""
         return HEADS
+
+    @property
+    def head_layers(self) -> nn.ModuleDict:
+        """The linear layer of every head."""
+        return self._modules["heads"]
 
     def identity(self) -> str:
         """A content hash of the weights (keys cached judgements)."""
@@ -78,7 +85,7 @@ class ShapesClassifier(nn.Module):
                 f"the classifier takes {self.image_size}x{self.image_size} images, got {tuple(images01.shape[-2:])}"
             )
         features = self.trunk(images01 * 2 - 1)
-        return {name: head(features) for name, head in self.heads.items()}
+        return {name: head(features) for name, head in self.head_layers.items()}
 
     @torch.no_grad()
     def predict_proba(self, images01: torch.Tensor, batch_size: int = 256) -> dict[str, torch.Tensor]:
@@ -97,28 +104,22 @@ class ShapesClassifier(nn.Module):
         return {name: np.asarray(HEADS[name])[p.argmax(-1).numpy()] for name, p in proba.items()}
 
     def save(self, folder: str | Path) -> Path:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "config.json").write_text(
-            json.dumps({"class": "ShapesClassifier", "channels": self.channels, "image_size": self.image_size,
-                        "heads": HEADS}, indent=2)
-        )
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(folder / "model.safetensors"))
-        return folder
+        """Write ``config.json`` and ``model.safetensors`` into ``folder``."""
+        config = {"class": "ShapesClassifier", "channels": self.channels, "image_size": self.image_size,
+                  "heads": HEADS}
+        return save_module(folder, self, config)
 
     @classmethod
     def load(cls, folder: str | Path, device: str = "cpu") -> "ShapesClassifier":
-        folder = Path(folder)
-        config_file, weights = folder / "config.json", folder / "model.safetensors"
-        if not config_file.is_file() or not weights.is_file():
-            raise FileNotFoundError(f"no trained classifier in {folder} (config.json and model.safetensors)")
-        config = json.loads(config_file.read_text())
-        heads = {k: tuple(v) for k, v in config.get("heads", {}).items()}
-        if heads != HEADS:
-            raise ValueError(f"classifier in {folder} has heads {heads}, this library expects {HEADS}")
-        model = cls(config["channels"], config["image_size"])
-        model.load_state_dict(load_file(str(weights)))
-        return model.eval().requires_grad_(False).to(device)
+        """A saved classifier; its heads must be this library's."""
+
+        def build(config: dict) -> "ShapesClassifier":
+            heads = {k: tuple(v) for k, v in config.get("heads", {}).items()}
+            if heads != HEADS:
+                raise ValueError(f"classifier in {folder} has heads {heads}, this library expects {HEADS}")
+            return cls(config["channels"], config["image_size"])
+
+        return load_module(folder, "classifier", build, device)
 
 
 def attribute_of(concept: str) -> str:

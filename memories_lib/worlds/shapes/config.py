@@ -1,21 +1,16 @@
-"""Training configs of the shapes world: named presets, overrides, validation and a content hash.
+"""Training configs of the shapes world: named presets, overrides and validation.
 
-A config is a plain nested dict (it lives in a profile's ``model.config``). It may name a
-preset, ``{"preset": "full"}``, and override any of its values
+A config is a plain nested dict (it lives in a shapes-world profile's ``world.training``). It
+may name a preset, ``{"preset": "full"}``, and override any of its values
 (``{"preset": "full", "unet": {"steps": 3000}}``). :func:`resolve_config` returns the
-complete dict; :func:`config_hash` keys the training cache by it, so two spellings of
+complete dict; the training cache is keyed by it (``training.cache``), so two spellings of
 the same config share one cache folder.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 from typing import Any, Mapping
-
-#: Bumped when the training code changes what a config produces (invalidates caches).
-TRAINING_VERSION = 3
 
 
 class ConfigError(ValueError):
@@ -135,13 +130,6 @@ def resolve_config(config: Mapping[str, Any] | str | None = None) -> dict[str, A
     if len(resolved["unet"]["down_block_types"]) != len(resolved["unet"]["block_out_channels"]):
         raise ConfigError("unet.down_block_types and unet.block_out_channels must have the same length")
     return resolved
-
-
-def config_hash(config: Mapping[str, Any] | str | None) -> str:
-    """A short content hash of the resolved config and the training code's version."""
-    resolved = resolve_config(config)
-    text = json.dumps({"config": resolved, "version": TRAINING_VERSION}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def latent_shape(config: Mapping[str, Any] | str | None) -> tuple[int, int, int]:

@@ -8,18 +8,17 @@ so that an image is close to every text that describes it, also partial ones ("a
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ...core.models import hash_modules
 from .classifier import conv_trunk
 from .data import vocabulary
+from .saving import load_module, save_module
 
 
 def words_of(text: str) -> list[str]:
@@ -84,21 +83,16 @@ class ShapesCLIP(nn.Module):
         return torch.cat(rows).float().cpu() if rows else torch.zeros(0, len(texts))
 
     def save(self, folder: str | Path) -> Path:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        """Write ``config.json`` (with the vocabulary) and ``model.safetensors`` into ``folder``."""
         config = {"class": "ShapesCLIP", "channels": self.channels, "embed_dim": self.embed_dim,
                   "image_size": self.image_size, "words": self.words}
-        (folder / "config.json").write_text(json.dumps(config, indent=2))
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(folder / "model.safetensors"))
-        return folder
+        return save_module(folder, self, config)
 
     @classmethod
     def load(cls, folder: str | Path, device: str = "cpu") -> "ShapesCLIP":
-        folder = Path(folder)
-        config_file, weights = folder / "config.json", folder / "model.safetensors"
-        if not config_file.is_file() or not weights.is_file():
-            raise FileNotFoundError(f"no trained contrastive model in {folder} (config.json and model.safetensors)")
-        config = json.loads(config_file.read_text())
-        model = cls(config["channels"], config["embed_dim"], config["image_size"], config["words"])
-        model.load_state_dict(load_file(str(weights)))
-        return model.eval().requires_grad_(False).to(device)
+        """A saved contrastive model."""
+
+        def build(config: dict) -> "ShapesCLIP":
+            return cls(config["channels"], config["embed_dim"], config["image_size"], config["words"])
+
+        return load_module(folder, "contrastive model", build, device)

@@ -45,7 +45,7 @@ from .classifier import HEADS, ShapesClassifier, attribute_of
 from .config import resolve_config
 from .contrastive import ShapesCLIP
 from .data import BACKGROUNDS, COLOURS, SHAPES, caption, make_dataset, prompt, sample_specs
-from .train import ensure_trained, load_classifier, load_contrastive, missing_stages
+from .training import ensure_trained, load_classifier, load_contrastive, missing_stages
 
 #: A stable number per concept, for the seeds of its data (the order of the classifier's labels).
 CONCEPT_IDS: tuple[str, ...] = SHAPES + BACKGROUNDS

@@ -1,0 +1,177 @@
+"""Training of the shapes world's models, cached by the content key of the training config.
+
+Four stages, each written atomically into the config's cache folder and skipped when present:
+
+``vae``          an ``AutoencoderKL``; its ``scaling_factor`` is measured (1 / std of the latents);
+``unet``         a word tokenizer, a small ``CLIPTextModel`` and a ``UNet2DConditionModel``
+                 trained jointly, saved with the VAE and a ``DDIMScheduler`` in the diffusers
+                 layout (folder ``ldm/``, loadable by ``core.models.load_ldm``);
+``classifier``   the concept classifier (:class:`~memories_lib.worlds.shapes.classifier.ShapesClassifier`);
+``contrastive``  the CLIP stand-in (:class:`~memories_lib.worlds.shapes.contrastive.ShapesCLIP`).
+
+Modules: ``cache`` (folders, stages, metrics), ``loop`` (seeds, schedule and the one training
+loop), ``dataset`` (training images, augmentations), one per trainer (``vae``, ``text_unet``,
+``classifier``, ``contrastive``) and ``cli`` (``memories train-mini``; not imported here).
+Training is deterministic given the config's seed (on one device and thread count).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from ....core.models import save_ldm
+from ....core.store import locked
+from ..classifier import ShapesClassifier
+from ..config import resolve_config
+from ..contrastive import ShapesCLIP
+from . import classifier, contrastive, text_unet, vae
+from .cache import (
+    STAGES,
+    Config,
+    cache_folder,
+    missing_stages,
+    stage_folder,
+    stage_path,
+    training_report,
+    write_stage,
+)
+from .dataset import TrainingData
+
+__all__ = [
+    "STAGES",
+    "TrainingError",
+    "cache_folder",
+    "default_threads",
+    "ensure_trained",
+    "load_classifier",
+    "load_contrastive",
+    "missing_stages",
+    "stage_path",
+    "training_report",
+]
+
+
+class TrainingError(RuntimeError):
+    """A training stage that cannot run (e.g. a missing earlier stage in a broken cache)."""
+
+
+def default_threads() -> int:
+    """Torch CPU threads for training: ``$MEMORIES_THREADS``, else every core of the machine.
+
+    The count is fixed rather than read from the machine's load, because floating-point
+    results are bit-for-bit reproducible only for a given thread count. On a machine that
+    other processes keep busy, set ``MEMORIES_THREADS=1``: oversubscribed threads wait on
+    each other and can make every step several times slower.
+    """
+    value = os.environ.get("MEMORIES_THREADS", "").strip()
+    if value:
+        try:
+            threads = int(value)
+        except ValueError:
+            raise ValueError(f"MEMORIES_THREADS must be a positive integer, got {value!r}") from None
+        if threads < 1:
+            raise ValueError(f"MEMORIES_THREADS must be a positive integer, got {value!r}")
+        return threads
+    return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """Torch's CPU thread count set to ``threads`` (default: :func:`default_threads`), restored after."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads or default_threads()))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _run_stage(stage: str, cfg: dict[str, Any], folder: Path, data: TrainingData, device: str,
+               progress: bool) -> None:
+    """Train one stage and write it (weights and metrics) into its subfolder of ``folder``."""
+    target = stage_folder(folder, stage)
+    start = time.perf_counter()
+
+    def context(metrics: dict[str, Any]) -> dict[str, Any]:
+        # wall_seconds includes drawing the data set when this stage is the first to need it.
+        return {**metrics, "wall_seconds": time.perf_counter() - start, "threads": torch.get_num_threads(),
+                "device": str(device)}
+
+    if stage == "vae":
+        autoencoder, metrics = vae.train_vae(cfg, data, device, progress)
+        write_stage(target, lambda tmp: autoencoder.to("cpu").save_pretrained(tmp), context(metrics))
+    elif stage == "unet":
+        from diffusers import AutoencoderKL
+
+        vae_folder = stage_folder(folder, "vae")
+        if not vae_folder.is_dir():
+            raise TrainingError(f"the unet stage needs the trained VAE in {vae_folder}")
+        autoencoder = AutoencoderKL.from_pretrained(vae_folder).eval().requires_grad_(False)
+        unet, text_encoder, tokenizer, metrics = text_unet.train_text_unet(cfg, autoencoder, data, device, progress)
+
+        def write(tmp: Path) -> None:
+            save_ldm(tmp, vae=autoencoder.to("cpu"), unet=unet.to("cpu"), text_encoder=text_encoder.to("cpu"),
+                     tokenizer=tokenizer, scheduler=text_unet.build_scheduler())
+
+        write_stage(target, write, context(metrics))
+    elif stage == "classifier":
+        model, metrics = classifier.train_classifier(cfg, data, device, progress)
+        write_stage(target, lambda tmp: model.to("cpu").save(tmp), context(metrics))
+    else:
+        model, metrics = contrastive.train_contrastive(cfg, data, device, progress)
+        write_stage(target, lambda tmp: model.to("cpu").save(tmp), context(metrics))
+
+
+def ensure_trained(
+    config: Config = None,
+    stages: Sequence[str] = STAGES,
+    device: str = "cpu",
+    threads: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train whatever of ``stages`` is not cached yet; return the diffusers folder of the world's LDM.
+
+    ``config`` is a preset name or a (partial) config mapping (see ``shapes.config``).
+    Each stage is written atomically and skipped when present, so an interrupted run
+    resumes at the stage it was in. ``threads`` sets torch's CPU threads while training
+    (default: :func:`default_threads`), restored afterwards; results are bit-for-bit
+    reproducible for a given device and thread count.
+    """
+    cfg = resolve_config(config)
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown training stage(s) {unknown}; stages: {STAGES}")
+    needed = set(stages)
+    if "unet" in needed:
+        needed.add("vae")  # the LDM cannot be trained without its autoencoder
+    needed_in_order = [s for s in STAGES if s in needed]
+    folder = cache_folder(cfg)
+    if missing_stages(cfg, needed_in_order):
+        with locked(folder):  # another process may have trained meanwhile: look again under the lock
+            todo = missing_stages(cfg, needed_in_order)
+            if todo:
+                (folder / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
+                data = TrainingData(cfg, progress=progress)
+                with _torch_threads(threads):
+                    for stage in todo:
+                        _run_stage(stage, cfg, folder, data, device, progress)
+    return stage_folder(folder, "unet")
+
+
+def load_classifier(config: Config = None, device: str = "cpu", progress: bool = True) -> ShapesClassifier:
+    """The world's trained concept classifier (trained first if it is not cached)."""
+    ensure_trained(config, stages=("classifier",), progress=progress)
+    return ShapesClassifier.load(stage_path(config, "classifier"), device=device)
+
+
+def load_contrastive(config: Config = None, device: str = "cpu", progress: bool = True) -> ShapesCLIP:
+    """The world's trained contrastive image-text model (trained first if it is not cached)."""
+    ensure_trained(config, stages=("contrastive",), progress=progress)
+    return ShapesCLIP.load(stage_path(config, "contrastive"), device=device)

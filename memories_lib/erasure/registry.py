@@ -20,6 +20,8 @@ import torch
 
 from ..core.concepts import ConceptPrompts
 from ..core.models import LDM
+from ..core.profile import thaw
+from ..core.store import content_key
 from .checkpoints import apply_text_encoder, apply_unet_checkpoint
 from .esd import ESDConfig, esd_erase, esd_parameter_names
 from .uce import (
@@ -274,19 +276,6 @@ def get_method(name: str) -> ErasureMethod:
         raise ValueError(f"unknown erasure method {name!r}; the methods are {sorted(METHODS)}") from None
 
 
-def _plain(value: Any) -> Any:
-    """JSON data: mappings to dicts, tuples to lists; anything else that cannot key a cache is refused."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (bool, int, float, str)) or value is None:
-        return value
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return value.item()
-    raise ValueError(f"parameter value {value!r} of type {type(value).__name__} cannot key a cached erased model")
-
-
 def resolve_params(method: str, params: Mapping[str, Any] | None, concept: ConceptPrompts | None = None) -> dict[str, Any]:
     """``params`` with the method's defaults filled in (and the concept's own prompts where they default to it).
 
@@ -309,7 +298,8 @@ def resolve_params(method: str, params: Mapping[str, Any] | None, concept: Conce
                 full[name] = own[name]
     _check_values(method, full)
     spec.params(**{k: v for k, v in full.items()})  # the dataclass's own checks
-    return _plain(full)
+    content_key(params=full)  # a value that cannot key a cached model fails here, before any work
+    return thaw(full)
 
 
 def _check_values(method: str, full: Mapping[str, Any]) -> None:

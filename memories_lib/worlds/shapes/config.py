@@ -12,6 +12,8 @@ from __future__ import annotations
 import copy
 from typing import Any, Mapping
 
+from ...core.profile import thaw
+
 
 class ConfigError(ValueError):
     """A training config with an unknown preset or key, or a value of the wrong kind."""
@@ -98,15 +100,6 @@ def _merge(base: dict[str, Any], override: Mapping[str, Any], where: str) -> dic
     return out
 
 
-def _plain(value: Any) -> Any:
-    """Mappings to dicts and tuples to lists, so the config is JSON data (profiles hold read-only mappings)."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
 def resolve_config(config: Mapping[str, Any] | str | None = None) -> dict[str, Any]:
     """The complete training config: a preset name, or a mapping with an optional ``preset`` key plus overrides.
 
@@ -118,7 +111,7 @@ def resolve_config(config: Mapping[str, Any] | str | None = None) -> dict[str, A
         config = {"preset": config}
     if not isinstance(config, Mapping):
         raise ConfigError(f"a training config is a mapping or a preset name, got {type(config).__name__}")
-    config = _plain(config)
+    config = thaw(config)  # plain dicts and lists (profiles hold read-only mappings)
     preset = config.pop("preset", "full")
     if preset not in PRESETS:
         raise ConfigError(f"unknown training preset {preset!r}; presets: {sorted(PRESETS)}")

@@ -93,7 +93,7 @@ def hash_modules(*modules: torch.nn.Module) -> str:
         for name, tensor in sorted(module.state_dict().items()):
             t = tensor.detach().to("cpu").contiguous()
             digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-dim too
     return digest.hexdigest()[:16]
 
 

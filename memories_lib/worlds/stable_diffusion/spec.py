@@ -1,0 +1,176 @@
+"""The ``world:`` section of a Stable Diffusion profile as frozen dataclasses (format: the package docstring).
+
+Every nested section is checked like the profile itself: unknown or missing keys, wrong types and
+inconsistent settings raise :class:`~memories_lib.core.profile.ProfileError` naming the key
+(``World.parse_spec`` adds the profile file and ``world``). Whether the files exist is checked
+when the world is opened (``sources``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from ...core.profile import ProfileError, check_keys
+
+#: The kinds of concept, each judged by its own detector head.
+CONCEPT_KINDS: tuple[str, ...] = ("object", "style")
+
+#: What the official UCE script guides a concept of each kind to ("" for objects, "art" for styles).
+GUIDES: Mapping[str, str] = MappingProxyType({"object": "", "style": "art"})
+
+#: The label of a detector head for images that show none of its concepts.
+OTHER = "other"
+
+
+def _section(cls: type, raw: Any, where: str) -> Any:
+    """``raw`` (a mapping from the YAML, or already a ``cls``) as a ``cls``; ProfileError naming ``where``."""
+    if isinstance(raw, cls):
+        return raw
+    check_keys(cls, raw, where)
+    try:
+        return cls(**raw)
+    except (TypeError, ValueError) as err:
+        raise ProfileError(f"{where}: {err}") from err
+
+
+def _mapping(raw: Any, where: str, what: str) -> Mapping[str, Any]:
+    if not isinstance(raw, Mapping) or not raw:
+        raise ProfileError(f"{where} must be a non-empty mapping of {what}, got {raw!r}")
+    bad = [k for k in raw if not isinstance(k, str) or not k]
+    if bad:
+        raise ProfileError(f"{where}: keys must be non-empty strings, got {bad}")
+    return raw
+
+
+def _check_path(value: Any, name: str) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{name} must be a non-empty path, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ConceptSpec:
+    """One concept: its kind, how prompts name it, and where its images come from (one of two sources).
+
+    kind:        ``object`` or ``style`` (the detector head that judges it; the guide of its prompt);
+    name:        the words that name it in prompts and captions (default: the key, ``_`` as spaces);
+    prompts_csv: a CSV in the UnlearnDiffAtk layout (columns ``prompt`` and ``evaluation_seed``);
+    folder:      images with a ``metadata.csv`` of columns ``file_name,text``.
+    """
+
+    kind: str
+    name: str = ""
+    prompts_csv: str = ""
+    folder: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in CONCEPT_KINDS:
+            raise ValueError(f"kind must be one of {list(CONCEPT_KINDS)}, got {self.kind!r}")
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ValueError(f"name must be a non-empty string, got {self.name!r}")
+        sources = [key for key in ("prompts_csv", "folder") if getattr(self, key)]
+        if len(sources) != 1:
+            raise ValueError(
+                "give exactly one source of images: prompts_csv (a prompt CSV to generate from) "
+                f"or folder (captioned images), got {sources or 'neither'}"
+            )
+        _check_path(getattr(self, sources[0]), sources[0])
+
+    @property
+    def generated(self) -> bool:
+        """Whether the concept's images are generated from a prompt CSV (else read from a folder)."""
+        return bool(self.prompts_csv)
+
+
+@dataclass(frozen=True)
+class ClassifierSpec:
+    """An image classifier folder and, per concept, the class indices that mean it (``labels``)."""
+
+    path: str
+    labels: Mapping[str, tuple[int, ...]]
+
+    def __post_init__(self) -> None:
+        _check_path(self.path, "path")
+        raw = _mapping(self.labels, "labels", "concept -> class indices")
+        labels: dict[str, tuple[int, ...]] = {}
+        for concept, value in raw.items():
+            indices = value if isinstance(value, (list, tuple)) else [value]
+            if not indices or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in indices):
+                raise ValueError(f"labels.{concept} must be a class index or a non-empty list of them, got {value!r}")
+            labels[concept] = tuple(sorted(set(indices)))
+        seen: dict[int, str] = {}
+        for concept, indices in labels.items():
+            for i in indices:
+                if i in seen:
+                    raise ValueError(f"class {i} is mapped to both {seen[i]!r} and {concept!r}")
+                seen[i] = concept
+        object.__setattr__(self, "labels", MappingProxyType(labels))
+
+
+@dataclass(frozen=True)
+class GenerationSpec:
+    """How erased sets are generated from a prompt CSV (the official generate_dataset.py: 25 steps, guidance 7.5)."""
+
+    num_steps: int = 25
+    guidance_scale: float = 7.5
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.num_steps, int) or isinstance(self.num_steps, bool) or self.num_steps < 1:
+            raise ValueError(f"num_steps must be a positive integer, got {self.num_steps!r}")
+        if not isinstance(self.guidance_scale, (int, float)) or isinstance(self.guidance_scale, bool) \
+                or self.guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be a number >= 0, got {self.guidance_scale!r}")
+        object.__setattr__(self, "guidance_scale", float(self.guidance_scale))
+
+
+@dataclass(frozen=True)
+class StableDiffusionSpec:
+    """The ``world:`` section of a Stable Diffusion profile (see the package docstring)."""
+
+    base_model: str
+    concepts: Mapping[str, ConceptSpec]
+    coco: str
+    detectors: Mapping[str, ClassifierSpec]
+    clip: str
+    generation: GenerationSpec = field(default_factory=GenerationSpec)
+
+    def __post_init__(self) -> None:
+        for key in ("base_model", "coco", "clip"):
+            _check_path(getattr(self, key), key)
+        concepts = {}
+        for key, value in _mapping(self.concepts, "concepts", "concept -> {kind, ...}").items():
+            if not isinstance(value, ConceptSpec):
+                value = {"name": key.replace("_", " "), **_mapping(value, f"concepts.{key}", "settings")}
+            concepts[key] = _section(ConceptSpec, value, f"concepts.{key}")
+        if OTHER in concepts:
+            raise ProfileError(f"concepts: {OTHER!r} is the detector's label for no concept; rename that concept")
+        object.__setattr__(self, "concepts", MappingProxyType(concepts))
+
+        detectors = {}
+        for kind, value in _mapping(self.detectors, "detectors", "concept kind -> {path, labels}").items():
+            if kind not in CONCEPT_KINDS:
+                raise ProfileError(f"detectors: unknown concept kind {kind!r}; the kinds are {list(CONCEPT_KINDS)}")
+            detectors[kind] = _section(ClassifierSpec, value, f"detectors.{kind}")
+        for kind in CONCEPT_KINDS:
+            of_kind = [c for c, spec in concepts.items() if spec.kind == kind]
+            if of_kind and kind not in detectors:
+                raise ProfileError(
+                    f"detectors: the {kind} concept(s) {of_kind} need a detector: "
+                    f"add detectors.{kind}: {{path: <classifier folder>, labels: {{{of_kind[0]}: [<class index>]}}}}"
+                )
+            if kind in detectors:
+                labels = detectors[kind].labels
+                unknown = [c for c in labels if c not in of_kind]
+                if unknown:
+                    raise ProfileError(
+                        f"detectors.{kind}.labels: {unknown} are not {kind} concepts; those are {of_kind}")
+                unmapped = [c for c in of_kind if c not in labels]
+                if unmapped:
+                    raise ProfileError(f"detectors.{kind}.labels: give the class indices of {unmapped}")
+        object.__setattr__(self, "detectors", MappingProxyType(detectors))
+        object.__setattr__(self, "generation", _section(GenerationSpec, self.generation, "generation"))
+
+    def of_kind(self, kind: str) -> tuple[str, ...]:
+        """The concepts of ``kind``, in the profile's order."""
+        return tuple(c for c, spec in self.concepts.items() if spec.kind == kind)

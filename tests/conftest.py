@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+#: The user's cache, read before the tests point MEMORIES_CACHE elsewhere (only ever read, never written).
+USER_CACHE = Path(os.environ.get("MEMORIES_CACHE") or Path.home() / ".cache" / "memories_lib")
 
 # Never copied into a test copy of the repository: environments, caches and build products.
 _NOT_COPIED = (".git", ".venv", "_build", "_executed", "_static", "__pycache__", ".pytest_cache",

@@ -219,8 +219,9 @@ def build_tiny_sd_world(root: str | Path, name: str = "tiny-sd") -> Path:
         "seed": 0,
         "concepts": ["church", "van_gogh"],
         "erased_models": {
+            "uce": {},
             "esd-pub": {"method": "checkpoint",
-                        "params": {"paths": {"church": str(erased)}}},
+                        "params": {"paths": {"church": str(erased), "van_gogh": str(erased)}}},
         },
         "parameters": {"num_images": 3, "num_steps": 4, "filter_erased_set": True},
     }

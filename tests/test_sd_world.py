@@ -139,7 +139,7 @@ def test_filtering_keeps_what_the_detector_sees(world: StableDiffusionWorld, tmp
 class EveryOtherImage:
     """A detector that sees a church in every other image it is shown."""
 
-    heads = {"object": ("church", "parachute", "other")}
+    label_names = {"object": ("church", "parachute", "other")}
 
     def __init__(self) -> None:
         self.shown = 0
@@ -202,7 +202,7 @@ def test_reference_set_leaves_out_images_captioned_with_an_excluded_concept(worl
 def test_detector_has_a_head_per_kind_whose_probabilities_sum_to_one(world: StableDiffusionWorld):
     detector = world.detector()
     assert isinstance(detector, Detector) and detector is world.detector()
-    assert detector.heads == {"object": ("church", "parachute", "other"), "style": ("van_gogh", "other")}
+    assert detector.label_names == {"object": ("church", "parachute", "other"), "style": ("van_gogh", "other")}
     assert concept_head(detector, "van_gogh") == "style"
     images = world.reference_set(3, seed=0).images
     proba = detector.predict_proba(images)

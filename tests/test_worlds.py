@@ -17,6 +17,9 @@ from memories_lib.core.judging import concept_head
 from memories_lib.core.profile import PROFILES_DIR, ProfileError, parse_profile
 from memories_lib.worlds import WORLDS, Detector, SimilarityModel, World, WorldError, open_world
 
+from conftest import USER_CACHE
+from memories_lib.core.paths import cache_dir
+from memories_lib.worlds.shapes.training import STAGES, cache_folder, stage_path
 from sd_world import build_tiny_sd_world  # tests/sd_world.py
 
 N = 3
@@ -27,10 +30,23 @@ def world(request, tmp_path_factory) -> World:
     if request.param == "tiny-sd":
         return open_world(build_tiny_sd_world(tmp_path_factory.mktemp("sd-world")))
     opened = open_world(request.param)
-    if request.param == "mini" and not opened.is_prepared():
-        pytest.skip("the mini world is not trained in this cache (its training takes many minutes)")
+    if request.param == "mini":
+        _borrow_trained_world(opened)
+        if not opened.is_prepared():
+            pytest.skip(f"the mini world is not trained in {USER_CACHE} (its training takes many minutes)")
     opened.prepare(progress=False)  # seconds for the tiny worlds
     return opened
+
+
+def _borrow_trained_world(world: World) -> None:
+    """Link the user's trained shapes world into the tests' cache, if it is there (it is only read)."""
+    config = world.training_config
+    folder = cache_folder(config)
+    trained = USER_CACHE / folder.relative_to(cache_dir())
+    complete = all((trained / stage_path(config, s).relative_to(folder)).is_dir() for s in STAGES)
+    if complete and not folder.exists():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        folder.symlink_to(trained, target_is_directory=True)
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +158,24 @@ def test_unknown_world_kind_and_keys_are_refused():
         open_world(parse_profile({**raw, "world": {"kind": "shapes", "colour_depth": 8}}))
     with pytest.raises(WorldError, match="concepts \\['church'\\] are not concepts of this shapes world"):
         open_world(parse_profile({**raw, "world": {"kind": "shapes"}, "concepts": ["church"]}))
+
+
+@pytest.mark.slow
+def test_chapter_4_runs_end_to_end_in_the_tiny_stable_diffusion_world(tmp_path):
+    """The concept-memory chapter on a Stable-Diffusion-layout world: prompt CSVs, an image folder,
+    COCO, a classifier, CLIP, a computed (UCE) and a published (checkpoint) erased model."""
+    import json
+
+    from memories_lib.book import execute_chapter, resolve_chapter
+    from conftest import REPO
+
+    profile = build_tiny_sd_world(tmp_path / "world")
+    out = execute_chapter(resolve_chapter(REPO, "04_concept_memory"), str(profile),
+                          {"inversion": "ddim", "num_reference": 200, "n_boot": 50},
+                          output=tmp_path / "04.ipynb", progress=False)
+    cells = json.loads(out.read_text())["cells"]
+    text = json.dumps([c.get("outputs", []) for c in cells])
+    assert "Traceback" not in text and "Error" not in text
+    for row in ("vanilla", "uce", "esd-pub"):
+        assert row in text, f"the chapter's table has no row for {row}"
+    assert "church" in text and "van_gogh" in text

@@ -108,11 +108,12 @@ class CheckpointParams:
     subfolder: for a text encoder, the subfolder of the concept's path (AdvUnlearn's layout).
     """
 
-    paths: Mapping[str, str] = field(default_factory=dict)
+    paths: Mapping[str, str] | None = None
     component: str = "unet"
     partial: bool | None = None
     subfolder: str | None = None
 
+    REQUIRED = ("paths",)
     COMPONENTS = ("unet", "text_encoder")
 
 
@@ -168,12 +169,7 @@ def _esd(method: str) -> Callable[..., Computed]:
 
 
 def _load_checkpoint(base: LDM, concept: ConceptPrompts, params: Mapping[str, Any]) -> LDM:
-    paths = params["paths"]
-    if concept.concept not in paths:
-        raise ValueError(
-            f"the checkpoint entry has no file for the concept {concept.concept!r}; it has {sorted(paths)}"
-        )
-    path = paths[concept.concept]
+    path = params["paths"][concept.concept]  # resolve_params has checked that it is there
     if params["component"] == "unet":
         return apply_unet_checkpoint(base, path, partial=params["partial"])
     return apply_text_encoder(base, path, params["subfolder"])
@@ -296,17 +292,24 @@ def resolve_params(method: str, params: Mapping[str, Any] | None, concept: Conce
         for name in spec.concept_defaults:
             if full[name] is None:
                 full[name] = own[name]
-    _check_values(method, full)
+    _check_values(method, full, concept)
     spec.params(**{k: v for k, v in full.items()})  # the dataclass's own checks
+    full = thaw(full)
     content_key(params=full)  # a value that cannot key a cached model fails here, before any work
-    return thaw(full)
+    return full
 
 
-def _check_values(method: str, full: Mapping[str, Any]) -> None:
+def _check_values(method: str, full: Mapping[str, Any], concept: ConceptPrompts | None) -> None:
     if method.startswith("esd"):
         ESDConfig(method=method, **{k: v for k, v in full.items() if k != "seed"})
-    if method == "checkpoint" and full["component"] not in CheckpointParams.COMPONENTS:
-        raise ValueError(f"checkpoint component must be one of {CheckpointParams.COMPONENTS}, got {full['component']!r}")
+    if method == "checkpoint":
+        if full["component"] not in CheckpointParams.COMPONENTS:
+            raise ValueError(
+                f"checkpoint component must be one of {CheckpointParams.COMPONENTS}, got {full['component']!r}"
+            )
+        if concept is not None and concept.concept not in full["paths"]:
+            raise ValueError(f"the checkpoint entry has no file for the concept {concept.concept!r}; "
+                             f"it has {sorted(full['paths'])}")
 
 
 def erase_prompts(method: str, concept: ConceptPrompts) -> list[str]:

@@ -93,7 +93,7 @@ class ConceptDetector:
         self._heads = dict(heads)
 
     @property
-    def heads(self) -> dict[str, tuple[str, ...]]:
+    def label_names(self) -> dict[str, tuple[str, ...]]:
         return {name: (*head.concepts, OTHER) for name, head in self._heads.items()}
 
     def identity(self) -> str:

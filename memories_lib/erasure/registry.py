@@ -37,33 +37,33 @@ from .uce import (
 
 
 @dataclass(frozen=True)
-class UCEParams:
-    """UCE erasure (``uce_erase``); defaults of the official script. ``guides`` and ``preserve``
-    None: the concept's own (its prompts' guides; the prompts of the other concepts of its kind)."""
+class _UCEShared:
+    """What every UCE edit takes; defaults of the official script. ``preserve`` None: the prompts of the
+    other concepts of the concept's kind."""
+
+    preserve: list[str] | None = None
+    lamb: float = DEFAULT_LAMBDA
+    preserve_scale: float = DEFAULT_PRESERVE_SCALE
+    token: str = "last"
+    projections: list[str] = field(default_factory=lambda: ["to_k", "to_v"])
+
+
+@dataclass(frozen=True)
+class UCEModerateParams(_UCEShared):
+    """UCE moderation: the concept's prompts edited towards the empty prompt."""
+
+    erase_scale: float = DEFAULT_ERASE_SCALE
+
+
+@dataclass(frozen=True)
+class UCEParams(UCEModerateParams):
+    """UCE erasure (``uce_erase``). ``guides`` None: each prompt's own guide (the concept's)."""
 
     guides: str | list[str] | None = None
-    erase_scale: float = DEFAULT_ERASE_SCALE
-    preserve: list[str] | None = None
-    lamb: float = DEFAULT_LAMBDA
-    preserve_scale: float = DEFAULT_PRESERVE_SCALE
-    token: str = "last"
-    projections: list[str] = field(default_factory=lambda: ["to_k", "to_v"])
 
 
 @dataclass(frozen=True)
-class UCEModerateParams:
-    """UCE moderation: erasure towards the empty prompt. ``preserve`` None: the concept's own."""
-
-    erase_scale: float = DEFAULT_ERASE_SCALE
-    preserve: list[str] | None = None
-    lamb: float = DEFAULT_LAMBDA
-    preserve_scale: float = DEFAULT_PRESERVE_SCALE
-    token: str = "last"
-    projections: list[str] = field(default_factory=lambda: ["to_k", "to_v"])
-
-
-@dataclass(frozen=True)
-class UCEDebiasParams:
+class UCEDebiasParams(_UCEShared):
     """UCE debiasing of the concept's shortest prompt over ``attributes``; needs a ``measure_ratio`` callback.
 
     ``measure`` describes that measurement (classifier, prompts, samples) and is part of the cache key.
@@ -76,11 +76,6 @@ class UCEDebiasParams:
     max_iterations: int = 30
     max_diff: float = 0.05
     step_size: float = 1.0
-    preserve: list[str] | None = None
-    lamb: float = DEFAULT_LAMBDA
-    preserve_scale: float = DEFAULT_PRESERVE_SCALE
-    token: str = "last"
-    projections: list[str] = field(default_factory=lambda: ["to_k", "to_v"])
 
     REQUIRED = ("attributes", "measure")
 

@@ -1,6 +1,6 @@
 """The embedded shapes world: a procedural data set and the models this project trains on it.
 
-``data``   deterministic images of coloured shapes on patterned backgrounds, with captions;
+``data``      deterministic images of coloured shapes on patterned backgrounds, with captions;
 ``training``  training of the world's latent diffusion model, classifier and contrastive model,
               cached by the content key of the training config (``ensure_trained``).
 """

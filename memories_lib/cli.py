@@ -8,6 +8,10 @@
 Parameter values are parsed as YAML (``-p num_images 8`` is an int, ``-p concepts '[star]'``
 a list). User errors (an unknown profile or parameter, a value of the wrong type, a failed
 cell) print one line to stderr and exit non-zero.
+
+Each subcommand imports what it needs when it runs, so that ``memories --help`` and argument
+errors answer at once instead of after loading torch and diffusers (the CLI is the top layer:
+nothing imports it, so these imports dodge no cycle).
 """
 
 from __future__ import annotations

@@ -59,20 +59,12 @@ class ShapesClassifier(nn.Module):
         self.channels = [int(c) for c in channels]
         self.image_size = int(image_size)
         self.trunk, features = conv_trunk(self.channels, self.image_size)
-        layers = nn.ModuleDict({name: nn.Linear(features, len(labels)) for name, labels in HEADS.items()})
-        # Registered under "heads" (the saved weights' names) by hand: the property ``heads`` (the label
-        # names) makes ``add_module`` refuse the name; the layers are read through ``head_layers``.
-        self._modules["heads"] = layers
+        self.heads = nn.ModuleDict({name: nn.Linear(features, len(labels)) for name, labels in HEADS.items()})
 
     @property
     def label_names(self) -> dict[str, tuple[str, ...]]:
         """The label names of every head (the detector interface of a world)."""
         return HEADS
-
-    @property
-    def head_layers(self) -> nn.ModuleDict:
-        """The linear layer of every head."""
-        return self._modules["heads"]
 
     def identity(self) -> str:
         """A content hash of the weights (keys cached judgements)."""
@@ -85,7 +77,7 @@ class ShapesClassifier(nn.Module):
                 f"the classifier takes {self.image_size}x{self.image_size} images, got {tuple(images01.shape[-2:])}"
             )
         features = self.trunk(images01 * 2 - 1)
-        return {name: head(features) for name, head in self.head_layers.items()}
+        return {name: head(features) for name, head in self.heads.items()}
 
     @torch.no_grad()
     def predict_proba(self, images01: torch.Tensor, batch_size: int = 256) -> dict[str, torch.Tensor]:

@@ -66,11 +66,10 @@ def load(profile_name: str | None) -> tuple[LDM, int, str]:
     if profile_name is None:
         path = build_tiny_ldm(Path(tempfile.mkdtemp(prefix="bench-tiny-")) / "tiny", seed=0, image_size=32)
         return load_ldm(path), 10, "tiny random model"
-    from memories_lib.core.models import load_profile_models
-    from memories_lib.core.profile import load_profile
+    from memories_lib.worlds import open_world
 
-    profile = load_profile(profile_name)
-    return load_profile_models(profile), profile.num_inference_steps, f"profile {profile.name}"
+    world = open_world(profile_name)
+    return world.base_model(), world.profile.num_inference_steps, f"profile {world.name}"
 
 
 @torch.no_grad()

@@ -73,6 +73,7 @@ class World(abc.ABC):
     def __init__(self, profile: Profile):
         self.profile = profile
         self.spec = self.parse_spec(profile)
+        self._base: LDM | None = None
         unknown = [c for c in profile.concepts if c not in self.known_concepts()]
         if unknown:
             raise WorldError(
@@ -159,9 +160,9 @@ class World(abc.ABC):
 
     def base_model(self, progress: bool = True) -> LDM:
         """The base (unerased) model, loaded once per world object."""
-        if "_base" not in self.__dict__:
-            self.__dict__["_base"] = self.load_model(self.base_model_path(progress=progress))
-        return self.__dict__["_base"]
+        if self._base is None:
+            self._base = self.load_model(self.base_model_path(progress=progress))
+        return self._base
 
     def is_prepared(self) -> bool:
         """Whether :meth:`prepare` has nothing left to build or train (a cheap look at the cache)."""

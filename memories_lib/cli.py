@@ -2,6 +2,7 @@
 
     memories book [--profile NAME] [-p NAME VALUE ...]
     memories run NOTEBOOK [--profile NAME] [-p NAME VALUE ...] [-o OUT]
+    memories trainings --seeds SEED ... [--profile NAME] [--chapters NAME ...]
     memories profiles
     memories train-mini [ARGS ...]
 
@@ -51,6 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
     _parameter_args(run)
     run.add_argument("-o", "--output", default=None, help="executed notebook path (default: _executed/NAME.ipynb)")
 
+    trainings = sub.add_parser(
+        "trainings", help="execute chapters with the world trained again with other seeds and compare their numbers")
+    trainings.add_argument("--seeds", nargs="+", type=int, required=True, metavar="SEED",
+                           help="training seeds other than the profile's own")
+    trainings.add_argument("--chapters", nargs="+", default=["02_embedded_world", "03_erasure"], metavar="NAME",
+                           help="chapters to execute with every training (default: 02_embedded_world 03_erasure)")
+    trainings.add_argument("--profile", default=DEFAULT_PROFILE, help=f"profile name or YAML path (default: {DEFAULT_PROFILE})")
+    trainings.add_argument("--root", default=None, help="the book's root (default: the folder holding _toc.yml)")
+    trainings.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
     sub.add_parser("profiles", help="list the shipped profiles")
     sub.add_parser("train-mini", help="train the embedded mini world (arguments go to memories_lib.worlds.shapes.training.cli)",
                    add_help=False)
@@ -87,6 +98,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_trainings(args: argparse.Namespace) -> int:
+    from .book.trainings import compare_trainings
+
+    path = compare_trainings(args.profile, args.seeds, args.chapters, args.root, progress=not args.quiet)
+    print(f"The comparison is at {path}; chapters {', '.join(args.chapters)} show it when rebuilt")
+    return 0
+
+
 def _cmd_profiles(args: argparse.Namespace) -> int:
     from .core.profile import ProfileError, list_profiles, load_profile
 
@@ -120,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = build_parser().parse_args(argv)
         except SystemExit as exit_:  # argparse printed its usage message (or --help)
             return int(exit_.code or 0)
-        commands = {"book": _cmd_book, "run": _cmd_run, "profiles": _cmd_profiles}
+        commands = {"book": _cmd_book, "run": _cmd_run, "trainings": _cmd_trainings, "profiles": _cmd_profiles}
         return commands[args.command](args)
     except (ParameterError, ProfileError) as err:
         print(f"memories: error: {err}", file=sys.stderr)

@@ -221,8 +221,8 @@ def parse_profile(raw: Mapping[str, Any], where: str = "profile") -> Profile:
         raise ProfileError(f"{where}: {err}") from err
 
 
-def load_profile(name_or_path: str | Path) -> Profile:
-    """Load a shipped profile by name (``"mini"``) or any profile YAML by path."""
+def profile_path(name_or_path: str | Path) -> Path:
+    """The YAML file of a shipped profile's name (``"mini"``) or of a path; ProfileError when there is none."""
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
         path = PROFILES_DIR / f"{name_or_path}.yaml"
@@ -231,6 +231,12 @@ def load_profile(name_or_path: str | Path) -> Profile:
             f"unknown profile {str(name_or_path)!r}: no file {path}. "
             f"Shipped profiles: {', '.join(list_profiles())}"
         )
+    return path
+
+
+def load_profile(name_or_path: str | Path) -> Profile:
+    """Load a shipped profile by name (``"mini"``) or any profile YAML by path."""
+    path = profile_path(name_or_path)
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:

@@ -148,3 +148,30 @@ def load_comparison(profile: str | Path | Profile, root: str | Path = ".") -> di
         return None
     result = json.loads(path.read_text())
     return result if result.get("fingerprint") == fingerprint(p) else None
+
+
+def values_by_training(comparison: Mapping[str, Any], chapter: str, names: Mapping[str, str]):
+    """A table of glued numbers across trainings: a row per ``names`` item (glue name -> label), a column per seed.
+
+    Numbers a chapter did not glue with every training are left out (the comparison keeps only
+    complete ones); the column ``spread`` is the largest minus the smallest value of a row.
+    """
+    import pandas as pd
+
+    glued = comparison["chapters"].get(chapter, {})
+    rows = {label: {f"seed {s}": glued[name][s] for s in comparison["seeds"]}
+            for name, label in names.items() if name in glued}
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    if not table.empty:
+        table["spread"] = table.max(axis=1) - table.min(axis=1)
+    return table
+
+
+def missing_comparison_text(profile: Profile, chapter: str) -> str:
+    """What a chapter says when no comparison across trainings was made for its profile."""
+    return (
+        f"This build has no comparison across trainings of the `{profile.name}` world. "
+        f"`memories trainings --profile {profile.name} --seeds 1 --chapters {chapter}` trains the world again "
+        "with another seed, executes this chapter with it, and this section then shows both trainings "
+        "side by side."
+    )

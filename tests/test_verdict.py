@@ -9,10 +9,10 @@ import pytest
 from memories_lib.experiments.verdict import PAPER_LARGEST_RD, add_vanilla_differences, verdict
 
 
-def row(model, concept, acc, psnr, rd_w2=1.5, rd_emd=1.2, unstable=False, n_e=8, diverged=0, **extra):
+def row(model, concept, acc, psnr, w2_50=1.5, rd_emd=1.2, unstable=False, n_e=8, diverged=0, **extra):
     return {"method": model, "concept": concept, "prompt_accuracy": acc, "psnr": psnr, "ref_psnr": 26.0,
-            "n_e": n_e, "diverged": diverged, "rd_emd": rd_emd, "rd_w2_50": rd_w2, "rd_w2_50_low": rd_w2 * 0.8,
-            "rd_w2_50_high": rd_w2 * 1.3, "unstable": unstable, "rd_ctrl_emd": rd_emd * 1.5,
+            "n_e": n_e, "diverged": diverged, "rd_emd": rd_emd, "rd_w2_50": w2_50, "rd_w2_50_low": w2_50 * 0.8,
+            "rd_w2_50_high": w2_50 * 1.3, "unstable": unstable, "rd_ctrl_emd": rd_emd * 1.5,
             "detected": 0.5, **extra}
 
 
@@ -21,9 +21,9 @@ def table(*rows):
 
 
 def test_all_erased_below_ten_percent_and_regenerating_is_called_unreachable_by_name():
-    v = verdict(table(row("vanilla", "star", 0.9, 27.0, rd_w2=1.0, rd_emd=1.0),
-                      row("uce", "star", 0.05, 26.5, rd_w2=2.1, rd_emd=1.45),
-                      row("esd", "star", 0.0, 25.5, rd_w2=1.2, rd_emd=1.1)))
+    v = verdict(table(row("vanilla", "star", 0.9, 27.0, w2_50=1.0, rd_emd=1.0),
+                      row("uce", "star", 0.05, 26.5, w2_50=2.1, rd_emd=1.45),
+                      row("esd", "star", 0.0, 25.5, w2_50=1.2, rd_emd=1.1)))
     assert v.held == [("uce", "star"), ("esd", "star")] and v.not_held == []
     assert v.unreachable == [("uce", "star"), ("esd", "star")]
     text = v.markdown()
@@ -63,7 +63,7 @@ def test_without_vanilla_regeneration_is_read_against_the_models_own_reference()
 def test_a_row_whose_seeds_all_diverged_is_named_and_not_judged():
     nan = float("nan")
     v = verdict(table(row("vanilla", "star", 0.9, 27.0),
-                      row("uce", "star", 0.0, nan, rd_w2=nan, rd_emd=nan, n_e=0, diverged=8),
+                      row("uce", "star", 0.0, nan, w2_50=nan, rd_emd=nan, n_e=0, diverged=8),
                       row("esd", "star", 0.0, 26.0, diverged=1)))
     assert v.no_seeds == [("uce", "star")] and v.unreachable == [("esd", "star")]
     diverged = v.finding("Diverged seeds")
@@ -74,8 +74,8 @@ def test_a_row_whose_seeds_all_diverged_is_named_and_not_judged():
 
 def test_unstable_rows_are_named_and_left_out_of_the_likelihood_reading():
     v = verdict(table(row("vanilla", "star", 0.9, 27.0),
-                      row("uce", "star", 0.0, 26.5, rd_w2=40.0, unstable=True),
-                      row("esd", "star", 0.0, 26.5, rd_w2=1.8)))
+                      row("uce", "star", 0.0, 26.5, w2_50=40.0, unstable=True),
+                      row("esd", "star", 0.0, 26.5, w2_50=1.8)))
     assert v.unstable == [("uce", "star")]
     likelihood = v.finding("Likelihood")
     assert likelihood.data["largest_w2_50"] == 1.8 and "within the noise" in likelihood.text
@@ -94,3 +94,29 @@ def test_vanilla_differences_are_per_concept():
                                       row("uce", "star", 0.0, 26.0, rd_emd=1.5),
                                       row("uce", "triangle", 0.0, 26.0, rd_emd=1.5)))
     assert t["rd_emd_minus_vanilla"].tolist() == [0.0, 0.0, 0.5, -0.5]
+
+
+def test_results_tables_have_no_nan_or_booleans_and_fit_the_page():
+    from memories_lib.experiments.verdict import results_tables
+
+    nan = float("nan")
+    extra = dict(vae_psnr=30.0, nll=23300.0, ref_nll=23250.0, rd_emd_low=1.0, rd_emd_high=1.5, rd_w2=1.4,
+                 rd_w2_low=1.1, rd_w2_high=1.9, rd_w2_1000=1.45, rd_w2_1000_low=1.4, rd_w2_1000_high=1.5,
+                 emd_rn_sigma=0.8, similarity=0.21, similarity_original=0.25, diverged_e=0, diverged_r=0,
+                 diverged_c=0, rd_ctrl_emd_low=1.0, rd_ctrl_emd_high=2.0)
+    t = table(row("vanilla", "star", 0.9, 27.0, **extra),
+              row("uce", "star", 0.0, 26.0, unstable=True, **{**extra, "diverged_e": 1}, ),
+              row("esd", "star", 0.0, nan, w2_50=nan, rd_emd=nan, n_e=0, diverged=4,
+                  **{**extra, "emd_rn_sigma": nan, "similarity": nan, "diverged_e": 4}))
+    t.loc[("uce", "star"), "diverged"] = 1
+    tables = results_tables(t)
+    assert set(tables) == {"models", "distances", "official"}
+    for frame in tables.values():
+        assert frame.shape[1] <= 9
+        cells = frame.to_numpy().ravel().tolist()
+        assert all(isinstance(c, str) and c for c in cells)
+        assert not any(bad in c for c in cells for bad in ("nan", "True", "False", "None"))
+    assert tables["distances"].loc[("uce", "star"), "EMD(R,N) [σ]"] == "0.80σ, within noise"
+    assert tables["models"].loc[("uce", "star"), "diverged"] == "1 (E 1)"
+    assert tables["models"].loc[("esd", "star"), "PSNR E [dB]"] == "–"
+    assert tables["distances"].loc[("uce", "star"), "d(E,R) EMD [95% CI]"] == "1.20 [1.00, 1.50]"

@@ -256,3 +256,78 @@ def verdict(table: pd.DataFrame, vanilla: str = VANILLA) -> Verdict:
 
     return Verdict(findings=findings, held=held, not_held=not_held, persists=persists, unreachable=unreachable,
                    no_seeds=no_seeds, unstable=unstable)
+
+
+# --------------------------------------------------------------------------- the chapter's tables
+
+
+def _num(value: Any, digits: int = 2, suffix: str = "") -> str:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return "–"
+    return f"{value:.{digits}f}{suffix}" if np.isfinite(value) else "–"
+
+
+def _interval(r: pd.Series, name: str, digits: int = 2) -> str:
+    value, low, high = (_get(r, n) for n in (name, f"{name}_low", f"{name}_high"))
+    if not np.isfinite(value):
+        return "–"
+    return f"{value:.{digits}f} [{_num(low, digits)}, {_num(high, digits)}]"
+
+
+def _signed(value: Any) -> str:
+    value = float(value) if value is not None else np.nan
+    return f"{value:+.2f}" if np.isfinite(value) else "–"
+
+
+def results_tables(table: pd.DataFrame, vanilla: str = VANILLA) -> dict[str, pd.DataFrame]:
+    """The chapter's tables as text cells (no NaN, no True/False: "–" or words), at most 7 columns each.
+
+    ``"models"``: what each model does with the concept (accuracy by name, regeneration, NLLs,
+    regeneration scores, diverged seeds); ``"distances"``: the relative distances with their intervals,
+    erased minus vanilla beside each, EMD(R, N) in units of the NLL's std with the stability flag;
+    ``"official"``: the official W2 ratio against draws of 50 and of 1000 N(0, I) samples, and against
+    the fixed large reference.
+    """
+    t = add_vanilla_differences(table, vanilla=vanilla)
+    models, distances, official = {}, {}, {}
+    for key, r in t.iterrows():
+        sim, sim_orig = _get(r, "similarity"), _get(r, "similarity_original")
+        diverged = int(r.get("diverged", 0))
+        parts = [f"{k.upper()} {int(r[f'diverged_{k}'])}" for k in ("e", "r", "c")
+                 if f"diverged_{k}" in r and int(r.get(f"diverged_{k}", 0) or 0)]
+        models[key] = {
+            "prompt acc.": _num(_get(r, "prompt_accuracy") * 100, 0, "%"),
+            "PSNR E [dB]": _num(r.get("psnr"), 1),
+            "PSNR VAE [dB]": _num(r.get("vae_psnr"), 1),
+            "NLL E / R": f"{_num(r.get('nll'), 1)} / {_num(r.get('ref_nll'), 1)}",
+            "regen. detected": _num(_get(r, "detected") * 100, 0, "%"),
+            "regen. similarity": _num(sim, 3) + (f" (images {sim_orig:.3f})" if np.isfinite(sim_orig) else ""),
+            "diverged": str(diverged) + (f" ({', '.join(parts)})" if diverged and parts else ""),
+        }
+        sigma = _get(r, "emd_rn_sigma")
+        stability = "" if not np.isfinite(sigma) else (", within noise" if bool(r.get("unstable")) else "")
+        distances[key] = {
+            "d(E,R) EMD [95% CI]": _interval(r, "rd_emd"),
+            "EMD − vanilla": _signed(r.get("rd_emd_minus_vanilla")),
+            "d(E,R) W2, 50 N [5–95%]": _interval(r, "rd_w2_50"),
+            "W2 − vanilla": _signed(r.get("rd_w2_50_minus_vanilla")),
+            "EMD(R,N) [σ]": _num(sigma, 2, "σ") + stability,
+            "d(E,R_ctrl) EMD [95% CI]": _interval(r, "rd_ctrl_emd"),
+            "ctrl − vanilla": _signed(r.get("rd_ctrl_emd_minus_vanilla")),
+        }
+        official[key] = {
+            "W2, 50 N [5–95%]": _interval(r, "rd_w2_50"),
+            "W2, 1000 N [5–95%]": _interval(r, "rd_w2_1000"),
+            "W2, fixed reference [95% CI]": _interval(r, "rd_w2"),
+            "EMD, fixed reference [95% CI]": _interval(r, "rd_emd"),
+        }
+    out = {}
+    for name, rows in (("models", models), ("distances", distances), ("official", official)):
+        frame = pd.DataFrame.from_dict(rows, orient="index")
+        frame.index = pd.MultiIndex.from_tuples(frame.index, names=["model", "concept"])
+        if "rd_ctrl_emd" not in t.columns and name == "distances":
+            frame = frame.drop(columns=["d(E,R_ctrl) EMD [95% CI]", "ctrl − vanilla"])
+        out[name] = frame
+    return out

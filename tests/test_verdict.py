@@ -50,12 +50,20 @@ def test_no_erased_model_below_ten_percent_claims_nothing_unreachable():
     assert v.unreachable == [] and "no longer reachable" not in v.markdown()
 
 
+def test_no_claim_where_the_unerased_model_does_not_draw_the_concept_by_name_either():
+    v = verdict(table(row("vanilla", "star", 0.0, 27.0), row("vanilla", "triangle", 0.8, 27.0),
+                      row("uce", "star", 0.0, 26.5), row("uce", "triangle", 0.0, 26.5)))
+    assert v.uninformative == [("uce", "star")] and v.unreachable == [("uce", "triangle")]
+    assert "It is not made for uce on star" in v.finding("Together").text
+
+
 def test_without_vanilla_regeneration_is_read_against_the_models_own_reference():
     v = verdict(table(row("uce", "star", 0.0, 25.0), row("uce", "triangle", 0.0, 20.0)))
     assert v.persists == [("uce", "star")]  # 25 >= 26 - 2; 20 is not
     regeneration = v.finding("Regeneration").text
     assert "no unerased model in this run" in regeneration and "unerased model draws" not in v.markdown()
-    assert "uce on triangle" in v.finding("Together").text and "within 2 dB either" in v.finding("Together").text
+    together = v.finding("Together").text
+    assert "uce on triangle" in together and "within 2 dB either" in together and "is not checked" in together
     with_diff = add_vanilla_differences(table(row("uce", "star", 0.0, 25.0)))
     assert np.isnan(with_diff["rd_emd_minus_vanilla"]).all()
 

@@ -191,7 +191,7 @@ def test_chapter_4_runs_end_to_end_in_the_tiny_stable_diffusion_world(tmp_path):
 
     profile = build_tiny_sd_world(tmp_path / "world")
     out = execute_chapter(resolve_chapter(REPO, "04_concept_memory"), str(profile),
-                          {"inversion": "ddim", "num_reference": 200, "n_boot": 50},
+                          {"inversion": "ddim", "n_boot": 50, "official_draws": 50},
                           output=tmp_path / "04.ipynb", progress=False)
     cells = json.loads(out.read_text())["cells"]
     text = json.dumps([c.get("outputs", []) for c in cells])
@@ -199,3 +199,5 @@ def test_chapter_4_runs_end_to_end_in_the_tiny_stable_diffusion_world(tmp_path):
     for row in ("vanilla", "uce", "esd-pub"):
         assert row in text, f"the chapter's table has no row for {row}"
     assert "church" in text and "van_gogh" in text
+    for column in ("d(E,R_ctrl) EMD", "W2, 50 N", "diverged", "regen. detected"):
+        assert column in text, f"the chapter's tables have no column {column!r}"

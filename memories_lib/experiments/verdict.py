@@ -13,8 +13,10 @@ The rules:
 * **The memory persists** for a pair when its regenerations from inverted seeds are within
   :data:`PSNR_TOLERANCE_DB` (2 dB) of the unerased model's on the same images, or, without the unerased
   model in the run, of the same model's regenerations of the reference set.
-* "**No longer reachable from its name**" is said only of pairs where both hold; the verdict names the
-  pairs where erasure by name does not hold (the claim does not apply) and those whose memory does not
+* "**No longer reachable from its name**" is said only of pairs where both hold and the unerased model,
+  when in the run, does reach the concept by name (at least 10%); the verdict names the pairs where
+  erasure by name does not hold (the claim does not apply), those where the unerased model does not
+  reach the concept by name either (nothing was made unreachable), and those whose memory does not
   persist at that tolerance.
 * **Likelihood** is compared with the paper like with like: the paper's numbers (largest 2.49, ESD on
   parachute, all below 2.5) come from the official code's distance, the squared 2-Wasserstein distance of
@@ -66,6 +68,7 @@ class Verdict:
 
     findings: list[Finding]
     held: list[Pair]            # erasure by name holds (accuracy < 10%)
+    uninformative: list[Pair]   # ... but the unerased model does not draw the concept by name either
     not_held: list[Pair]        # it does not (accuracy >= 10%)
     persists: list[Pair]        # regenerations within the PSNR tolerance
     unreachable: list[Pair]     # held and persists: "no longer reachable from its name"
@@ -106,11 +109,11 @@ def _pairs(index) -> str:
 
 
 def _range(values: pd.Series, fmt: str = "{:.2f}") -> str:
-    values = values.dropna()
+    values = pd.Series(values, dtype=float).dropna()
     if values.empty:
         return "–"
-    lo, hi = values.min(), values.max()
-    return fmt.format(lo) if np.isclose(lo, hi) else f"{fmt.format(lo)} to {fmt.format(hi)}"
+    lo, hi = fmt.format(values.min()), fmt.format(values.max())
+    return lo if lo == hi else f"{lo} to {hi}"
 
 
 def _get(row: pd.Series, name: str) -> float:
@@ -154,6 +157,10 @@ def verdict(table: pd.DataFrame, vanilla: str = VANILLA) -> Verdict:
     measured = accuracy.dropna()
     held = [k for k in measured.index if measured[k] < ACCURACY_HELD]
     not_held = [k for k in measured.index if measured[k] >= ACCURACY_HELD]
+    # a low accuracy means nothing where the unerased model does not reach the concept by name either
+    uninformative = [(m, c) for m, c in held if has_vanilla and (vanilla, c) in table.index
+                     and not table.loc[(vanilla, c), "prompt_accuracy"] >= ACCURACY_HELD]
+
     if erasers:
         parts = []
         if has_vanilla:
@@ -163,6 +170,10 @@ def verdict(table: pd.DataFrame, vanilla: str = VANILLA) -> Verdict:
         parts.append(f"Erasure by name holds (below {ACCURACY_HELD:.0%}) for {_pairs(held)}"
                      + (f"; it does not for {_pairs(not_held)} ("
                         + ", ".join(f"{accuracy[k]:.0%}" for k in not_held) + ")." if not_held else "."))
+        if uninformative:
+            concepts = sorted({c for _, c in uninformative})
+            parts.append(f"The unerased model itself draws {', '.join(concepts)} in under {ACCURACY_HELD:.0%} of "
+                         "them, so there a low accuracy says nothing about the erasure.")
         unmeasured = [k for k in accuracy.index if k not in measured.index]
         if unmeasured:
             parts.append(f"Not measured for {_pairs(unmeasured)}.")
@@ -236,7 +247,7 @@ def verdict(table: pd.DataFrame, vanilla: str = VANILLA) -> Verdict:
         findings.append(Finding("Control set", text, {"rd_ctrl_emd": ctrl.to_dict()}))
 
     # -- the conclusion, only where it is supported
-    unreachable = [k for k in held if k in persists]
+    unreachable = [k for k in held if k in persists and k not in uninformative]
     if erasers:
         parts = []
         if unreachable:
@@ -246,7 +257,14 @@ def verdict(table: pd.DataFrame, vanilla: str = VANILLA) -> Verdict:
         if not_held:
             parts.append(f"This cannot be said of {_pairs(not_held)}: prompts naming the concept still produce it "
                          f"(at least {ACCURACY_HELD:.0%} of generations), so erasure by name does not hold there.")
-        lost = [k for k in held if k not in persists and k not in no_seeds]
+        if uninformative:
+            parts.append(f"It is not made for {_pairs(uninformative)}: the unerased model does not draw the concept from "
+                         f"prompts naming it either (below {ACCURACY_HELD:.0%}), so there was nothing for the "
+                         "erasure to make unreachable.")
+        if unreachable and not has_vanilla:
+            parts.append("(No unerased model is in this run, so that the name reached the concept before erasure "
+                         "is not checked.)")
+        lost = [k for k in held if k not in persists and k not in no_seeds and k not in uninformative]
         if lost:
             parts.append(f"For {_pairs(lost)}, erasure by name holds and inversion does not regenerate the concept "
                          f"within {PSNR_TOLERANCE_DB:g} dB either.")
@@ -254,7 +272,7 @@ def verdict(table: pd.DataFrame, vanilla: str = VANILLA) -> Verdict:
             parts.append("No pair can be judged.")
         findings.append(Finding("Together", " ".join(parts), {"unreachable": unreachable}))
 
-    return Verdict(findings=findings, held=held, not_held=not_held, persists=persists, unreachable=unreachable,
+    return Verdict(findings=findings, held=held, uninformative=uninformative, not_held=not_held, persists=persists, unreachable=unreachable,
                    no_seeds=no_seeds, unstable=unstable)
 
 
@@ -278,7 +296,10 @@ def _interval(r: pd.Series, name: str, digits: int = 2) -> str:
 
 def _signed(value: Any) -> str:
     value = float(value) if value is not None else np.nan
-    return f"{value:+.2f}" if np.isfinite(value) else "–"
+    if not np.isfinite(value):
+        return "–"
+    text = f"{value:+.2f}"
+    return "0.00" if float(text) == 0 else text
 
 
 def results_tables(table: pd.DataFrame, vanilla: str = VANILLA) -> dict[str, pd.DataFrame]:

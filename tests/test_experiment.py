@@ -70,7 +70,8 @@ def test_summary_of_a_set_against_itself_has_relative_distance_one(ldm, image_se
 
 def planted(nll, psnr=None, diverged=None):
     n = len(nll)
-    fields = dict(seeds=torch.zeros(n, 4, 2, 2), reconstructions=torch.rand(n, 3, 8, 8, generator=torch.Generator().manual_seed(n)),
+    recon = torch.rand(n, 3, 8, 8, generator=torch.Generator().manual_seed(n))
+    fields = dict(seeds=torch.zeros(n, 4, 2, 2), reconstructions=recon,
                   psnr=np.asarray(psnr if psnr is not None else [20.0] * n, dtype=float),
                   vae_psnr=np.full(n, 30.0), nll=np.asarray(nll, dtype=float))
     inv = SetInversion(**fields)

@@ -54,7 +54,7 @@ def test_no_claim_where_the_unerased_model_does_not_draw_the_concept_by_name_eit
     v = verdict(table(row("vanilla", "star", 0.0, 27.0), row("vanilla", "triangle", 0.8, 27.0),
                       row("uce", "star", 0.0, 26.5), row("uce", "triangle", 0.0, 26.5)))
     assert v.uninformative == [("uce", "star")] and v.unreachable == [("uce", "triangle")]
-    assert "It is not made for uce on star" in v.finding("Together").text
+    assert "No claim of unreachability is made for uce on star" in v.finding("Together").text
 
 
 def test_without_vanilla_regeneration_is_read_against_the_models_own_reference():

@@ -164,7 +164,8 @@ def verdict(table: pd.DataFrame, vanilla: str = VANILLA) -> Verdict:
     if erasers:
         parts = []
         if has_vanilla:
-            parts.append(f"The unerased model draws the concept in {_range(table.loc[vanilla, 'prompt_accuracy'] * 100, '{:.0f}')}% "
+            vanilla_accuracy = _range(table.loc[vanilla, "prompt_accuracy"] * 100, "{:.0f}")
+            parts.append(f"The unerased model draws the concept in {vanilla_accuracy}% "
                          "of generations from prompts naming it.")
         parts.append(f"The erased models draw it in {_range(accuracy * 100, '{:.0f}')}%.")
         parts.append(f"Erasure by name holds (below {ACCURACY_HELD:.0%}) for {_pairs(held)}"
@@ -195,7 +196,8 @@ def verdict(table: pd.DataFrame, vanilla: str = VANILLA) -> Verdict:
         against = ("the unerased model's on the same images" if has_vanilla
                    else "the same model's regenerations of the reference set (no unerased model in this run)")
         text = (f"The erased models regenerate their concept's images at {_range(judged['psnr'], '{:.1f}')} dB"
-                + (f" against {_range(table.loc[vanilla, 'psnr'], '{:.1f}')} dB for the unerased model" if has_vanilla else "")
+                + (f" against {_range(table.loc[vanilla, 'psnr'], '{:.1f}')} dB for the unerased model"
+                   if has_vanilla else "")
                 + f"; {len(persists)} of {len(gaps)} pairs are within {PSNR_TOLERANCE_DB:g} dB of {against}"
                 + (f" (largest drop {-min(gaps.values()):.1f} dB)." if min(gaps.values()) < 0 else "."))
         if "detected" in judged.columns and judged["detected"].notna().any():
@@ -227,7 +229,8 @@ def verdict(table: pd.DataFrame, vanilla: str = VANILLA) -> Verdict:
             emd = readable["rd_emd"]
             parts.append(
                 f"The exact-EMD ratio, read on its own terms and not against 2.49, is {_range(emd)}; squared "
-                f"distances make the W2 ratio roughly its square (square roots of the W2 ratios: {_range(np.sqrt(w2))}).")
+                f"distances make the W2 ratio roughly its square (square roots of the W2 ratios: "
+                f"{_range(np.sqrt(w2))}).")
             diff = readable.get("rd_emd_minus_vanilla")
             if diff is not None and diff.notna().any():
                 parts.append(f"Erased minus unerased (EMD ratio): {_range(diff, '{:+.2f}')}.")
@@ -258,9 +261,9 @@ def verdict(table: pd.DataFrame, vanilla: str = VANILLA) -> Verdict:
             parts.append(f"This cannot be said of {_pairs(not_held)}: prompts naming the concept still produce it "
                          f"(at least {ACCURACY_HELD:.0%} of generations), so erasure by name does not hold there.")
         if uninformative:
-            parts.append(f"It is not made for {_pairs(uninformative)}: the unerased model does not draw the concept from "
-                         f"prompts naming it either (below {ACCURACY_HELD:.0%}), so there was nothing for the "
-                         "erasure to make unreachable.")
+            parts.append(f"No claim of unreachability is made for {_pairs(uninformative)}: the unerased model "
+                         f"does not draw the concept from prompts naming it either (below {ACCURACY_HELD:.0%}), so "
+                         "there was nothing for the erasure to make unreachable.")
         if unreachable and not has_vanilla:
             parts.append("(No unerased model is in this run, so that the name reached the concept before erasure "
                          "is not checked.)")
@@ -272,7 +275,8 @@ def verdict(table: pd.DataFrame, vanilla: str = VANILLA) -> Verdict:
             parts.append("No pair can be judged.")
         findings.append(Finding("Together", " ".join(parts), {"unreachable": unreachable}))
 
-    return Verdict(findings=findings, held=held, uninformative=uninformative, not_held=not_held, persists=persists, unreachable=unreachable,
+    return Verdict(findings=findings, held=held, uninformative=uninformative, not_held=not_held, persists=persists,
+                   unreachable=unreachable,
                    no_seeds=no_seeds, unstable=unstable)
 
 

@@ -223,7 +223,8 @@ def build_tiny_sd_world(root: str | Path, name: str = "tiny-sd") -> Path:
             "esd-pub": {"method": "checkpoint",
                         "params": {"paths": {"church": str(erased), "van_gogh": str(erased)}}},
         },
-        "parameters": {"num_images": 3, "num_steps": 4, "filter_erased_set": True},
+        # The tiny object classifier sees a church everywhere: a control set without churches keeps nothing filtered.
+        "parameters": {"num_images": 3, "num_steps": 4, "filter_erased_set": True, "filter_control_set": False},
     }
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(profile, sort_keys=False))

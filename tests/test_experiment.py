@@ -8,7 +8,7 @@ import torch
 
 from memories_lib.core import metrics
 from memories_lib.core.images import ImageSet, seeded_choice
-from memories_lib.experiments.concept_memory import invert_set, summarise
+from memories_lib.experiments.concept_memory import SetInversion, invert_set, regeneration_scores, summarise
 from memories_lib.core.store import Store
 
 
@@ -59,10 +59,79 @@ def test_image_set_checks_its_shape():
 
 def test_summary_of_a_set_against_itself_has_relative_distance_one(ldm, image_set, tmp_path):
     inv = invert_set(ldm, image_set, Store(tmp_path / "s"), method="ddim", num_steps=2)
-    row = summarise(inv, inv, ldm.latent_dim, torch.Generator().manual_seed(0), n_reference=200, n_boot=50)
-    assert row["rd_emd"] == pytest.approx(1.0)
-    assert row["rd_w2"] == pytest.approx(1.0)
+    ref = metrics.NLLReference.draw(ldm.latent_dim, 20_000, torch.Generator().manual_seed(0))
+    row = summarise(inv, inv, ref, torch.Generator().manual_seed(0), n_boot=50, control=inv, official_draws=50)
+    for name in ("rd_emd", "rd_w2", "rd_ctrl_emd", "rd_ctrl_w2", "rd_w2_50", "rd_w2_1000"):
+        assert row[name] == pytest.approx(1.0), name
     assert row["rd_emd_low"] <= row["rd_emd"] <= row["rd_emd_high"]
+    assert row["diverged"] == 0 and row["n_e"] == row["n_r"] == row["n_c"] == len(image_set)
+    assert isinstance(row["unstable"], bool)
+
+
+def planted(nll, psnr=None, diverged=None):
+    n = len(nll)
+    recon = torch.rand(n, 3, 8, 8, generator=torch.Generator().manual_seed(n))
+    fields = dict(seeds=torch.zeros(n, 4, 2, 2), reconstructions=recon,
+                  psnr=np.asarray(psnr if psnr is not None else [20.0] * n, dtype=float),
+                  vae_psnr=np.full(n, 30.0), nll=np.asarray(nll, dtype=float))
+    inv = SetInversion(**fields)
+    if diverged is not None:  # the field another change adds; summarise reads it with getattr
+        object.__setattr__(inv, "diverged", np.asarray(diverged, dtype=bool))
+    return inv
+
+
+def test_summary_leaves_out_and_counts_non_finite_and_diverged_seeds():
+    d = 16
+    ref = metrics.NLLReference.draw(d, 50_000, torch.Generator().manual_seed(0))
+    base = metrics.sample_reference_nll(d, 12, torch.Generator().manual_seed(1))
+    e_nll = base[:6] + 10.0
+    clean = summarise(planted(e_nll[:4]), planted(base[6:]), ref, torch.Generator().manual_seed(2), n_boot=50,
+                      official_draws=50)
+    e_nll[4] = np.nan  # a NaN seed
+    psnr = [20.0] * 6
+    psnr[5] = np.inf  # and an infinite PSNR
+    dirty = summarise(planted(e_nll, psnr), planted(base[6:]), ref, torch.Generator().manual_seed(2), n_boot=50,
+                      official_draws=50)
+    assert dirty["diverged_e"] == 2 and dirty["diverged"] == 2 and dirty["n_e"] == 4
+    for name in ("psnr", "nll", "rd_emd", "rd_emd_low", "rd_w2", "rd_w2_50", "emd_rn"):
+        assert np.isfinite(dirty[name]) and dirty[name] == pytest.approx(clean[name]), name
+    flagged = planted(base[6:], diverged=[True, False, False, False, False, False])
+    row = summarise(planted(e_nll[:4]), flagged, ref, torch.Generator().manual_seed(2), n_boot=50, official_draws=50)
+    assert row["diverged_r"] == 1 and row["n_r"] == 5
+
+
+def test_summary_of_an_all_diverged_set_is_nan_not_an_error():
+    d = 16
+    ref = metrics.NLLReference.draw(d, 10_000, torch.Generator().manual_seed(0))
+    r = metrics.sample_reference_nll(d, 5, torch.Generator().manual_seed(1))
+    row = summarise(planted([np.nan, np.inf]), planted(r), ref, torch.Generator().manual_seed(2), n_boot=20,
+                    official_draws=20)
+    assert row["n_e"] == 0 and row["diverged"] == 2
+    assert np.isnan(row["psnr"]) and np.isnan(row["rd_emd"]) and np.isnan(row["rd_w2_50"])
+    assert np.isfinite(row["emd_rn"])
+
+
+def test_regeneration_scores_count_the_detector_and_average_the_similarity():
+    class Detector:
+        label_names = {"shape": ["star", "triangle"]}
+
+        def predict_proba(self, images):
+            p = torch.zeros(len(images), 2)
+            p[:, 0] = images.mean(dim=(1, 2, 3))  # bright images are "stars"
+            p[:, 1] = 0.5
+            return {"shape": p}
+
+    class Similarity:
+        def similarity(self, images, texts):
+            return images.mean(dim=(1, 2, 3))[:, None].repeat(1, len(texts))
+
+    inv = planted([1.0, 2.0, np.nan, 3.0])
+    recon = torch.stack([torch.full((3, 8, 8), v) for v in (0.9, 0.2, 1.0, 0.8)])
+    object.__setattr__(inv, "reconstructions", recon)
+    out = regeneration_scores(inv, Detector(), Similarity(), "star", "star", originals=recon * 0 + 0.5)
+    assert out["detected"] == pytest.approx(2 / 3)  # the NaN seed is not scored
+    assert out["similarity"] == pytest.approx((0.9 + 0.2 + 0.8) / 3)
+    assert out["similarity_original"] == pytest.approx(0.5)
 
 
 def test_seeded_choice_is_sorted_and_deterministic():

@@ -264,3 +264,80 @@ def test_coefficient_of_variation_uses_population_std():
     assert coefficient_of_variation(torch.tensor([2.0, 2.0, 2.0])) == 0.0
     with pytest.raises(ValueError, match="zero-mean"):
         coefficient_of_variation([-1.0, 1.0])
+
+
+# --------------------------------------------------------------------------- large reference, official spread
+
+
+def test_sample_reference_nll_has_the_law_of_drawn_seeds():
+    from memories_lib.core.metrics import sample_reference_nll
+
+    d = 64
+    drawn = reference_nll(d, 4000, gen(0))
+    fast = sample_reference_nll(d, 4000, gen(1))
+    assert stats.ks_2samp(drawn, fast).pvalue > 0.01
+    assert np.array_equal(fast, sample_reference_nll(d, 4000, gen(1)))
+    big = sample_reference_nll(16384, 200_000, gen(2))
+    g = nll_gaussian(16384)
+    assert big.mean() == pytest.approx(g.mean, abs=1.0) and big.std() == pytest.approx(g.std, rel=0.01)
+
+
+@pytest.mark.parametrize("n,m", [(1, 7), (2, 2), (5, 300), (37, 1000), (60, 5)])
+def test_nll_reference_emd_matches_scipy(n, m):
+    from memories_lib.core.metrics import NLLReference
+
+    rng = np.random.default_rng(n * 1000 + m)
+    y = np.round(rng.normal(23000, 90, m))  # rounded: ties inside y and between x and y
+    ref = NLLReference(y, 16384)
+    batch = np.round(rng.normal(23050, 120, (4, n)))
+    got = ref.emd(batch)
+    for row, value in zip(batch, got):
+        assert value == pytest.approx(emd(row, y), rel=1e-9, abs=1e-7)
+    assert ref.emd(batch[0]) == pytest.approx(emd(batch[0], y), rel=1e-9, abs=1e-7)
+    assert ref.w2(batch[1]) == pytest.approx(gaussian_w2(batch[1], y), rel=1e-12)
+
+
+def test_relative_distance_interval_with_a_large_reference():
+    from memories_lib.core.metrics import NLLReference, relative_distance_interval
+
+    d = 256
+    ref = NLLReference.draw(d, 200_000, gen(0))
+    r = reference_nll(d, 60, gen(2)) + 0.5 * nll_gaussian(d).std
+    e = reference_nll(d, 60, gen(3)) + 3 * nll_gaussian(d).std
+    for distance in ("emd", "w2"):
+        out = relative_distance_interval(e, r, ref, gen(4), n_boot=300, distance=distance)
+        assert out.value == pytest.approx(relative_distance(e, r, ref.values, distance), rel=1e-9)
+        assert out.low < out.value < out.high and out.n_reference == 200_000
+        again = relative_distance_interval(e, r, ref, gen(4), n_boot=300, distance=distance)
+        assert again == out
+    assert relative_distance_interval(r, r, ref, gen(0), n_boot=20).value == 1.0
+    with pytest.raises(ValueError, match="unknown distance"):
+        relative_distance_interval(e, r, ref, gen(0), distance="l2")
+
+
+def test_two_reference_draws_agree_at_200000_but_not_at_50():
+    from memories_lib.core.metrics import NLLReference, official_ratio_spread
+
+    d = 256
+    r = reference_nll(d, 50, gen(2)) + 0.5 * nll_gaussian(d).std
+    e = reference_nll(d, 50, gen(3)) + 2 * nll_gaussian(d).std
+    a, b = (NLLReference.draw(d, 200_000, gen(s)) for s in (10, 11))
+    ra, rb = (relative_distance_interval_value(e, r, x) for x in (a, b))
+    assert ra == pytest.approx(rb, rel=0.01)
+    s50 = official_ratio_spread(e, r, d, gen(5), n_samples=50, n_draws=1000)
+    s1000 = official_ratio_spread(e, r, d, gen(5), n_samples=1000, n_draws=300)
+    assert s50.low < s50.median < s50.high and (s50.n_samples, s50.n_draws) == (50, 1000)
+    assert (s1000.high - s1000.low) < (s50.high - s50.low) / 2
+    assert s1000.low <= relative_distance(e, r, a.values, "w2") <= s1000.high
+
+
+def relative_distance_interval_value(e, r, ref):
+    return relative_distance(e, r, ref.values, "emd")
+
+
+def test_noise_floor_shrinks_with_the_set_size():
+    from memories_lib.core.metrics import NLLReference
+
+    ref = NLLReference.draw(256, 100_000, gen(0))
+    small, large = ref.noise_floor(4, gen(1)), ref.noise_floor(100, gen(1))
+    assert 0 < large < small < 2

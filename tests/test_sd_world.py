@@ -196,6 +196,19 @@ def test_reference_set_leaves_out_images_captioned_with_an_excluded_concept(worl
         world.reference_set(len(COCO_IMAGES), seed=0, exclude=exclude)
 
 
+def test_control_set_generates_from_coco_captions_and_filters_with_the_detector(world, tmp_path):
+    captions = world.control_captions(10, seed=0, exclude=["church"])
+    allowed = {c[0] for i, (_, _, c) in COCO_IMAGES.items() if i != 785}
+    assert set(captions) <= allowed and len(set(captions)) == len(allowed)  # cycled: 7 images for 10 captions
+    unfiltered = world.control_set(3, seed=0, exclude=["church"], filtered=False, store=Store(tmp_path),
+                                   progress=False)
+    assert len(unfiltered) == 3 and set(unfiltered.prompts) <= allowed
+    assert unfiltered.info["num_steps"] == 3 and unfiltered.info["guidance_scale"] == 7.5  # the generation section's
+    with pytest.raises(WorldError, match=r"only 0 of 24 control generations"):  # the classifier sees churches
+        world.control_set(3, seed=0, exclude=["church"], store=Store(tmp_path), progress=False)
+    assert world.concept_text("van_gogh") == "Van Gogh"
+
+
 # --------------------------------------------------------------------------- judges
 
 

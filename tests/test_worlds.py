@@ -63,7 +63,7 @@ def test_world_describes_itself(world: World):
     assert isinstance(world.interpret, bool) and world.name == world.profile.name
     assert world.concepts and set(world.concepts) <= set(world.known_concepts())
     described = world.describe()
-    assert set(described) == {"erased_set", "reference_set"} and all(t.strip() for t in described.values())
+    assert set(described) == {"erased_set", "reference_set", "control_set"} and all(t.strip() for t in described.values())
 
 
 def test_concepts_have_a_kind_rivals_and_prompts(world: World):
@@ -121,6 +121,26 @@ def test_reference_set_is_seeded_and_deterministic(world: World):
     assert not torch.equal(first.images, other.images)
 
 
+def test_control_set_is_the_base_models_generations_without_the_concepts(world: World, filtered: bool):
+    filtered = bool(world.profile.parameters.get("filter_control_set", filtered))
+    size = world.base_model().image_size
+    first = world.control_set(N, seed=0, exclude=world.concepts, filtered=filtered, progress=False)
+    _check_set(first, N, size)
+    assert first.name == "R_control" and 0 < first.info["acceptance"] <= 1
+    assert first.info["excluded"] == list(world.concepts) and first.info["filtered"] == filtered
+    again = world.control_set(N, seed=0, exclude=world.concepts, filtered=filtered, progress=False)
+    assert torch.equal(first.images, again.images) and first.prompts == again.prompts
+    other = world.control_set(N, seed=1, exclude=world.concepts, filtered=filtered, progress=False)
+    assert not torch.equal(first.images, other.images)
+    captions = world.control_captions(20, seed=0, exclude=world.concepts)
+    assert len(captions) == 20 and captions == world.control_captions(20, seed=0, exclude=world.concepts)
+    for concept in world.concepts:
+        text = world.concept_text(concept).lower()
+        assert not any(text in c.lower() for c in captions), (concept, captions)
+    with pytest.raises(WorldError, match="no-such-concept"):
+        world.control_set(N, seed=0, exclude=["no-such-concept"])
+
+
 def test_detector_judges_every_concept(world: World):
     detector = world.detector()
     assert isinstance(detector, Detector) and detector.identity() == world.detector().identity()
@@ -171,7 +191,7 @@ def test_chapter_4_runs_end_to_end_in_the_tiny_stable_diffusion_world(tmp_path):
 
     profile = build_tiny_sd_world(tmp_path / "world")
     out = execute_chapter(resolve_chapter(REPO, "04_concept_memory"), str(profile),
-                          {"inversion": "ddim", "num_reference": 200, "n_boot": 50},
+                          {"inversion": "ddim", "n_boot": 50, "official_draws": 50},
                           output=tmp_path / "04.ipynb", progress=False)
     cells = json.loads(out.read_text())["cells"]
     text = json.dumps([c.get("outputs", []) for c in cells])
@@ -179,3 +199,5 @@ def test_chapter_4_runs_end_to_end_in_the_tiny_stable_diffusion_world(tmp_path):
     for row in ("vanilla", "uce", "esd-pub"):
         assert row in text, f"the chapter's table has no row for {row}"
     assert "church" in text and "van_gogh" in text
+    for column in ("d(E,R_ctrl) EMD", "W2, 50 N", "diverged", "regen. detected"):
+        assert column in text, f"the chapter's tables have no column {column!r}"

@@ -20,6 +20,7 @@ from ..core import metrics
 from ..inversion import api as inversion
 from ..core.models import LDM, decode_latents, encode_images
 from ..core.images import ImageSet
+from ..core.judging import concept_head
 from ..core.store import Store, hash_tensor
 
 #: Bump when the record's definition changes (a new field, another PSNR convention).
@@ -98,31 +99,152 @@ def invert_set(
     )
 
 
+def valid_mask(inv: SetInversion) -> np.ndarray:
+    """Which images of ``inv`` count: finite NLL and PSNR, and not marked ``diverged`` (when the record has it).
+
+    A seed whose inversion diverged has a meaningless (often infinite) NLL and a garbage
+    regeneration; one such image would dominate every mean and distance of its set.
+    """
+    ok = np.isfinite(np.asarray(inv.nll, dtype=np.float64)) & np.isfinite(np.asarray(inv.psnr, dtype=np.float64))
+    diverged = getattr(inv, "diverged", None)
+    if diverged is not None:
+        ok &= ~np.asarray(diverged, dtype=bool)
+    return ok
+
+
+#: N(0, I) NLLs per draw in the official code (analyze_latents.py): its ratio is on this footing.
+OFFICIAL_SAMPLES = 50
+
+
+def _nan_row(prefix: str, names: Sequence[str]) -> dict[str, float]:
+    return {f"{prefix}{name}": float("nan") for name in names}
+
+
 def summarise(
     erased: SetInversion,
     reference: SetInversion,
-    latent_dim: int,
+    nll_reference: metrics.NLLReference,
     generator: torch.Generator,
-    n_reference: int = 1000,
     n_boot: int = 1000,
-) -> dict[str, float]:
-    """PSNR means and both relative distances (exact EMD and the official Gaussian W2), with 95% bootstrap CIs."""
-    row: dict[str, float] = {
-        "psnr": float(np.mean(erased.psnr)),
-        "psnr_std": float(np.std(erased.psnr)),
-        "vae_psnr": float(np.mean(erased.vae_psnr)),
-        "ref_psnr": float(np.mean(reference.psnr)),
-        "nll": float(np.mean(erased.nll)),
-        "ref_nll": float(np.mean(reference.nll)),
-    }
-    for distance in metrics.DISTANCES:
-        rd = metrics.relative_distance_ci(
-            erased.nll, reference.nll, latent_dim, n_reference, generator, n_boot=n_boot, distance=distance
-        )
-        row[f"rd_{distance}"] = rd.value
-        row[f"rd_{distance}_low"] = rd.low
-        row[f"rd_{distance}_high"] = rd.high
+    control: SetInversion | None = None,
+    official_samples: int = OFFICIAL_SAMPLES,
+    official_draws: int = 1000,
+    compare_samples: int = 1000,
+    floor_quantile: float = 0.95,
+) -> dict[str, Any]:
+    """One (model, concept) row: PSNRs, NLLs, relative distances with intervals, and how far to trust them.
+
+    Images with a non-finite NLL or PSNR, or marked ``diverged``, are left out of every number and
+    counted (``diverged_e``, ``diverged_r``, ``diverged_c``, and their sum ``diverged``).
+
+    Relative distances, all against the large fixed ``nll_reference`` (see
+    :func:`metrics.relative_distance_interval` for why it is not resampled):
+
+    * ``rd_emd`` [``_low``, ``_high``]: exact 1-D EMD, 95% bootstrap interval over E and R;
+    * ``rd_w2`` [...]: the official code's Gaussian squared W2, same interval;
+    * ``rd_w2_50`` [``_low``, ``_high``]: the official W2 ratio as the official code computes it, against
+      ``official_samples`` (50) N(0, I) NLLs: median and 5-95% range over ``official_draws`` seeded
+      draws (:func:`metrics.official_ratio_spread`); ``rd_w2_1000`` the same with ``compare_samples``.
+      Only ``rd_w2_50`` is on the scale of the paper's numbers (2.49).
+    * with ``control`` (the base model's own generations without the concept, inverted by the same
+      model): ``rd_ctrl_emd`` [...] and ``rd_ctrl_w2``, the same ratios with R_control for R.
+
+    Trust: ``emd_rn`` is EMD(R, N) and ``emd_rn_sigma`` the same in units of the NLL's std sqrt(d/2).
+    ``noise_floor`` is the ``floor_quantile`` of that quantity for |R| genuine N(0, I) seeds
+    (:meth:`metrics.NLLReference.noise_floor`); ``unstable`` is True when EMD(R, N) lies below it: R's
+    seeds are then indistinguishable from N(0, I) seeds at that size, the ratio's denominator is
+    sampling noise and the ratio can take any value. ``unstable_ctrl`` is the same for R_control.
+    """
+    row: dict[str, Any] = {}
+    sets = {"e": erased, "r": reference, **({"c": control} if control is not None else {})}
+    masks = {k: valid_mask(inv) for k, inv in sets.items()}
+    for k, mask in masks.items():
+        row[f"n_{k}"] = int(mask.sum())
+        row[f"diverged_{k}"] = int((~mask).sum())
+    row["diverged"] = sum(row[f"diverged_{k}"] for k in masks)
+    nll = {k: np.asarray(sets[k].nll, dtype=np.float64)[m] for k, m in masks.items()}
+    psnr = {k: np.asarray(sets[k].psnr, dtype=np.float64)[m] for k, m in masks.items()}
+
+    def mean(x):
+        return float(np.mean(x)) if x.size else float("nan")
+
+    row.update({
+        "psnr": mean(psnr["e"]),
+        "psnr_std": float(np.std(psnr["e"])) if psnr["e"].size else float("nan"),
+        "vae_psnr": mean(np.asarray(erased.vae_psnr, dtype=np.float64)[masks["e"]]),
+        "ref_psnr": mean(psnr["r"]),
+        "nll": mean(nll["e"]),
+        "ref_nll": mean(nll["r"]),
+    })
+    sigma = nll_reference.nll_std
+    rd_names = ["", "_low", "_high"]
+    for prefix, other in (("rd", "r"), ("rd_ctrl", "c")):
+        if other not in nll:
+            continue
+        for distance in metrics.DISTANCES:
+            name = f"{prefix}_{distance}"
+            if nll["e"].size and nll[other].size:
+                rd = metrics.relative_distance_interval(nll["e"], nll[other], nll_reference, generator,
+                                                        n_boot=n_boot, distance=distance)
+                row.update({name: rd.value, f"{name}_low": rd.low, f"{name}_high": rd.high})
+            else:
+                row.update(_nan_row(name, rd_names))
+        key = "emd_rn" if other == "r" else "emd_cn"
+        flag = "unstable" if other == "r" else "unstable_ctrl"
+        if nll[other].size:
+            row[key] = nll_reference.emd(nll[other])
+            row[f"{key}_sigma"] = row[key] / sigma
+            floor = nll_reference.noise_floor(nll[other].size, generator, quantile=floor_quantile)
+            row[f"noise_floor_{other}"] = floor
+            row[flag] = bool(row[f"{key}_sigma"] < floor)
+        else:
+            row.update({key: float("nan"), f"{key}_sigma": float("nan"), f"noise_floor_{other}": float("nan"),
+                        flag: True})
+    row["emd_en"] = nll_reference.emd(nll["e"]) if nll["e"].size else float("nan")
+    if "c" in nll:
+        row["ctrl_psnr"] = mean(psnr["c"])
+        row["ctrl_nll"] = mean(nll["c"])
+    for n_samples, name in ((official_samples, "rd_w2_50"), (compare_samples, "rd_w2_1000")):
+        if nll["e"].size and nll["r"].size:
+            spread = metrics.official_ratio_spread(nll["e"], nll["r"], nll_reference.d, generator,
+                                                   n_samples=n_samples, n_draws=official_draws)
+            row.update({name: spread.median, f"{name}_low": spread.low, f"{name}_high": spread.high})
+        else:
+            row.update(_nan_row(name, rd_names))
     return row
+
+
+def regeneration_scores(
+    inv: SetInversion,
+    detector: Any,
+    similarity: Any,
+    concept: str,
+    text: str,
+    originals: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """How much of the concept the regenerations from the inverted seeds show, as the official code scores them.
+
+    ``detected``: the share of regenerations in which ``detector`` (a world's Detector) sees ``concept``
+    (on the head that has it as a label); ``similarity``: the mean image-text score of the
+    regenerations against ``text`` (the concept's name) under ``similarity`` (a world's
+    SimilarityModel); with ``originals`` (the inverted images, same order), ``similarity_original``:
+    the same score of the images themselves, the scale to read it against. Images left out by
+    :func:`valid_mask` are not scored; a set with none left gives NaN.
+    """
+    head = concept_head(detector, concept)
+    mask = valid_mask(inv)
+    out = {"detected": float("nan"), "similarity": float("nan"), "similarity_original": float("nan")}
+    if not mask.any():
+        return out
+    index = torch.as_tensor(np.flatnonzero(mask))
+    images = inv.reconstructions[index].float().clamp(0, 1)
+    labels = detector.label_names[head]
+    verdicts = detector.predict_proba(images)[head].argmax(-1).tolist()
+    out["detected"] = float(np.mean([labels[v] == concept for v in verdicts]))
+    out["similarity"] = float(similarity.similarity(images, [text])[:, 0].float().mean())
+    if originals is not None:
+        out["similarity_original"] = float(similarity.similarity(originals[index].float(), [text])[:, 0].float().mean())
+    return out
 
 
 def stack_sets(sets: Sequence[ImageSet], name: str) -> ImageSet:

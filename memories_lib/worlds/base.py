@@ -8,7 +8,8 @@ tests, Stable Diffusion 1.4 with its data sets. It gives
   "object", ...), the other concepts of that kind, and for each concept the prompts an erasure
   method receives (:class:`~memories_lib.core.concepts.ConceptPrompts`);
 * captioned image sets, selected by seed and sorted, never in file-system order: the erased set of
-  a concept and a reference set without the erased concepts;
+  a concept, a reference set without the erased concepts, and a control set: the base model's own
+  generations from captions without the erased concepts (:meth:`World.control_set`);
 * a concept detector and an image-text similarity model (:class:`Detector`, :class:`SimilarityModel`);
 * whether its numbers are to be interpreted (the profile's ``interpret``).
 
@@ -25,8 +26,10 @@ import torch
 
 from ..core.concepts import ConceptPrompts
 from ..core.images import ImageSet
+from ..core.judging import concept_head, judged_generations
 from ..core.models import LDM, load_ldm
 from ..core.profile import Profile, ProfileError, check_keys
+from ..core.store import default_store
 
 
 class WorldError(ValueError):
@@ -69,6 +72,7 @@ class World(abc.ABC):
     Spec: ClassVar[type]
     ERASED_SET_TEXT: ClassVar[str]
     REFERENCE_SET_TEXT: ClassVar[str]
+    CONTROL_SET_TEXT: ClassVar[str]
 
     def __init__(self, profile: Profile):
         self.profile = profile
@@ -144,9 +148,19 @@ class World(abc.ABC):
     def caption_sample(self, concept: str, n: int, seed: int) -> list[str]:
         """``n`` captions naming ``concept``, drawn with ``seed`` (varied, as a data set's captions are)."""
 
+    def concept_text(self, concept: str) -> str:
+        """The words that name ``concept`` to the similarity model (default: the concept itself)."""
+        self.check_concepts([concept])
+        return concept
+
+    @abc.abstractmethod
+    def control_captions(self, n: int, seed: int, exclude: Sequence[str] = ()) -> list[str]:
+        """``n`` captions naming none of the concepts in ``exclude``, drawn with ``seed`` (for :meth:`control_set`)."""
+
     def describe(self) -> dict[str, str]:
-        """One sentence each on where this world's erased and reference sets come from (for the chapters)."""
-        return {"erased_set": self.ERASED_SET_TEXT, "reference_set": self.REFERENCE_SET_TEXT}
+        """One sentence each on where this world's erased, reference and control sets come from (for the chapters)."""
+        return {"erased_set": self.ERASED_SET_TEXT, "reference_set": self.REFERENCE_SET_TEXT,
+                "control_set": self.CONTROL_SET_TEXT}
 
     # ------------------------------------------------------------------ models
 
@@ -163,6 +177,10 @@ class World(abc.ABC):
         if self._base is None:
             self._base = self.load_model(self.base_model_path(progress=progress))
         return self._base
+
+    def generation_settings(self) -> tuple[int, float]:
+        """Sampling steps and guidance scale of the world's own generations (its erased and control sets)."""
+        return int(self.profile.num_inference_steps), float(self.profile.guidance_scale)
 
     def is_prepared(self) -> bool:
         """Whether :meth:`prepare` has nothing left to build or train (a cheap look at the cache)."""
@@ -198,6 +216,47 @@ class World(abc.ABC):
     @abc.abstractmethod
     def reference_set(self, n: int, seed: int, exclude: Sequence[str] = ()) -> ImageSet:
         """``n`` captioned images showing none of the concepts in ``exclude``."""
+
+    def control_set(self, n: int, seed: int, exclude: Sequence[str] = (), *, num_steps: int | None = None,
+                    filtered: bool = True, store: Any = None, progress: bool = True, attempts: int = 4) -> ImageSet:
+        """Up to ``n`` generations of the base model from :meth:`control_captions`, showing none of ``exclude``.
+
+        Made like the erased set, so that it differs from it only in the concept: the same model,
+        sampler and settings (:meth:`generation_settings`, ``num_steps`` overriding the steps), up to
+        ``attempts`` rounds of 2n seeded captions, and with ``filtered`` an image is kept only when
+        the detector sees none of the ``exclude`` concepts in it. ``info["acceptance"]``: the share
+        kept. Its seeds z_T are drawn apart from the erased set's. Fewer than 2 images is a WorldError.
+        """
+        exclude = self.check_concepts(exclude)
+        if n < 1:
+            raise ValueError(f"a control set needs n >= 1 images, got {n}")
+        store = store or default_store()
+        steps, guidance = self.generation_settings()
+        steps = int(num_steps or steps)
+        detector = self.detector()
+        heads = {c: concept_head(detector, c) for c in exclude}
+        kept_images: list[torch.Tensor] = []
+        kept_prompts: list[str] = []
+        tried = 0
+        for attempt in range(attempts):
+            m = 2 * n
+            captions = self.control_captions(m, seed + 1000 * attempt, exclude)
+            judged = judged_generations(self.base_model(progress), detector, captions, seed=seed + 7919 + attempt,
+                                        num_steps=steps, guidance_scale=guidance, store=store, progress=progress)
+            for i in range(m):
+                if not filtered or not any(judged.labels[head][i] == c for c, head in heads.items()):
+                    kept_images.append(judged.images[i])
+                    kept_prompts.append(captions[i])
+            tried += m
+            if len(kept_images) >= n:
+                break
+        if len(kept_images) < 2:
+            raise WorldError(f"only {len(kept_images)} of {tried} control generations show none of {exclude}: "
+                             "too few for a set")
+        k = min(n, len(kept_images))
+        info = {"acceptance": len(kept_images) / tried, "tried": tried, "kept": len(kept_images),
+                "excluded": list(exclude), "filtered": filtered, "num_steps": steps, "guidance_scale": guidance}
+        return ImageSet("R_control", torch.stack(kept_images[:k]), kept_prompts[:k], info=info)
 
 
 def require_file(path: str | Path, what: str, hint: str) -> Path:

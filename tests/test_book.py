@@ -432,8 +432,9 @@ def test_statistics_page_shows_the_latest_cold_and_warm_run_per_chapter(tmp_path
     assert [r.cache for r in runs] == ["cold", "warm", "warm", "cold"]
     page = stats.statistics_markdown(runs, ["01_a", "02_b"])
     rows = [line for line in page.splitlines() if line.startswith("| 0")]
-    assert rows[0].startswith("| 01_a | mini | 2.5 h (2026-01-02) | not recorded | 3 |")
-    assert rows[1].startswith("| 02_b | tiny | 2.1 min (2026-01-02) | 28 s (2026-01-02) | 40 |")
+    assert rows[0] == "| 01_a | mini | 2.5 h (2026-01-02, M1) | not recorded | 3 |"
+    assert rows[1] == "| 02_b | tiny | 2.1 min (2026-01-02, M1) | 28 s (2026-01-02, M1) | 40 |"
+    assert "- **M1**: " in page and "cores" in page
     assert "4 run(s) recorded" in page
     assert "No chapter run" in stats.statistics_markdown([], ["01_a"])
     written = stats.write_statistics_page(tmp_path, ["01_a", "02_b"])
@@ -580,3 +581,10 @@ def test_chapter_renders_in_headless_chromium(built_book, tmp_path):
         assert img.size == (1200, 2000)
         colours = img.convert("L").getcolors(maxcolors=1 << 16)
         assert colours is None or len(colours) > 20, "the screenshot is a blank page"
+
+
+def test_paper_table_heads_the_book_column_with_the_profile_and_escapes_pipes():
+    table = book.paper_table_markdown("tiny", [("latent d", 256, "16,384", "a|b smaller\nmodel")])
+    header, rule, row = table.splitlines()
+    assert header == "| | this book (`tiny`) | the paper | what differs, and why |" and rule == "|---|---|---|---|"
+    assert row == "| **latent d** | 256 | 16,384 | a\\|b smaller model |"

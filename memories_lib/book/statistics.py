@@ -130,7 +130,10 @@ def _machine_label(m: dict[str, Any]) -> str:
 
 
 def statistics_markdown(records: Iterable[RunRecord], chapters: Iterable[str]) -> str:
-    """The table of the page: per chapter (in book order) and profile, the latest cold and warm run."""
+    """The table of the page: per chapter (in book order) and profile, the latest cold and warm run.
+
+    Machines are named M1, M2, ... in the table and described in a list below it.
+    """
     records = list(records)
     order = {name: i for i, name in enumerate(chapters)}
     latest: dict[tuple[str, str], dict[str, RunRecord]] = {}
@@ -139,22 +142,24 @@ def statistics_markdown(records: Iterable[RunRecord], chapters: Iterable[str]) -
     if not latest:
         return "No chapter run has been recorded yet: `memories book` records every chapter it executes.\n"
     keys = sorted(latest, key=lambda k: (order.get(k[0], len(order)), k[0], k[1]))
-    lines = [
-        "| chapter | profile | cold | warm | cache files added (cold run) | machine (latest run) |",
-        "|---|---|---|---|---|---|",
-    ]
+    machines: dict[str, str] = {}
+
+    def cell(r: RunRecord | None) -> str:
+        if r is None:
+            return "not recorded"
+        label = _machine_label(r.machine)
+        name = machines.setdefault(label, f"M{len(machines) + 1}")
+        return f"{_duration(r.seconds)} ({r.date[:10]}, {name})"
+
+    lines = ["| chapter | profile | cold | warm | files the cold run cached |", "|---|---|---|---|---|"]
     for chapter, profile in keys:
         runs = latest[chapter, profile]
         cold, warm = runs.get("cold"), runs.get("warm")
-        newest = max(runs.values(), key=lambda r: r.date)
-
-        def cell(r: RunRecord | None) -> str:
-            return f"{_duration(r.seconds)} ({r.date[:10]})" if r else "not recorded"
-
         lines.append(f"| {chapter} | {profile} | {cell(cold)} | {cell(warm)} | "
-                     f"{cold.cache_files_added if cold else '-'} | {_machine_label(newest.machine)} |")
-    total = len(records)
-    lines += ["", f"{total} run(s) recorded in `_executed/{LOG_NAME}`.", ""]
+                     f"{cold.cache_files_added if cold else '-'} |")
+    lines += ["", "Machines:", ""]
+    lines += [f"- **{name}**: {label}" for label, name in machines.items()]
+    lines += ["", f"{len(records)} run(s) recorded in `_executed/{LOG_NAME}`.", ""]
     return "\n".join(lines)
 
 

@@ -411,6 +411,39 @@ def test_execute_chapter_runs_in_this_interpreter_at_the_root(root, memories_cac
     glued = [o for c in nb.cells for o in c.get("outputs", []) if o.get("metadata", {}).get("scrapbook")]
     assert glued and glued[0]["metadata"]["scrapbook"]["name"] == "steps_squared"
     assert [v for k, v in glued[0]["data"].items() if k.endswith("text/plain")] == ["9"]
+    # the run is logged beside the executed copy: papermill's duration, nothing cached, so warm
+    (run,) = book.statistics.read_log(root / "out" / book.statistics.LOG_NAME)
+    assert (run.chapter, run.profile, run.cache, run.cache_files_added) == ("02_probe", "tiny", "warm", 0)
+    assert run.seconds == pytest.approx(nb.metadata["papermill"]["duration"], abs=0.01)
+    assert run.machine["cpu_count"] and run.machine["torch_threads"] >= 1
+
+
+def test_statistics_page_shows_the_latest_cold_and_warm_run_per_chapter(tmp_path, monkeypatch):
+    stats = book.statistics
+    log = tmp_path / stats.LOG_NAME
+    day = __import__("datetime").datetime(2026, 1, 2, 3, 4, 5)
+    stats.record_run(log, "02_b", "tiny", 125.0, cache_files_added=40, date=day)
+    stats.record_run(log, "02_b", "tiny", 30.4, cache_files_added=0, date=day)
+    stats.record_run(log, "02_b", "tiny", 28.0, cache_files_added=0, date=day)  # the latest warm run wins
+    stats.record_run(log, "01_a", "mini", 9000.0, cache_files_added=3, date=day)
+    with log.open("a") as handle:
+        handle.write("not json\n")  # a damaged line is skipped, not fatal
+    runs = stats.read_log(log)
+    assert [r.cache for r in runs] == ["cold", "warm", "warm", "cold"]
+    page = stats.statistics_markdown(runs, ["01_a", "02_b"])
+    rows = [line for line in page.splitlines() if line.startswith("| 0")]
+    assert rows[0] == "| 01_a | mini | 2.5 h (2026-01-02, M1) | not recorded | 3 |"
+    assert rows[1] == "| 02_b | tiny | 2.1 min (2026-01-02, M1) | 28 s (2026-01-02, M1) | 40 |"
+    assert "- **M1**: " in page and "cores" in page
+    assert "4 run(s) recorded" in page
+    assert "No chapter run" in stats.statistics_markdown([], ["01_a"])
+    written = stats.write_statistics_page(tmp_path, ["01_a", "02_b"])
+    assert written.name == stats.PAGE_NAME and written.read_text() == page
+    # a run that added files to the cache is cold
+    monkeypatch.setenv("MEMORIES_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache" / "results").mkdir(parents=True)
+    (tmp_path / "cache" / "results" / "x.pt").write_bytes(b"1")
+    assert stats.count_cache_files() == 1
 
 
 def test_failed_cell_raises_book_error_and_keeps_the_executed_copy(root):
@@ -475,6 +508,9 @@ def test_memories_book_builds_the_html_book(built_book):
     chapter_pages = [html / f"{book.EXECUTED_DIR}/{c.name}.html" for c in book.chapters(built_book.root)]
     assert chapter_pages and all(p.is_file() for p in chapter_pages)
     assert (html / "book" / "reproduce.html").is_file() and (html / "book" / "references.html").is_file()
+    statistics = (html / "book" / "execution.html").read_text()
+    for chapter in book.chapters(built_book.root):
+        assert f"<td><p>{chapter.name}</p></td>" in statistics or f"<td>{chapter.name}</td>" in statistics
     assert (html / "_static" / "mathjax" / "tex-mml-chtml.js").is_file()
 
 
@@ -545,3 +581,10 @@ def test_chapter_renders_in_headless_chromium(built_book, tmp_path):
         assert img.size == (1200, 2000)
         colours = img.convert("L").getcolors(maxcolors=1 << 16)
         assert colours is None or len(colours) > 20, "the screenshot is a blank page"
+
+
+def test_paper_table_heads_the_book_column_with_the_profile_and_escapes_pipes():
+    table = book.paper_table_markdown("tiny", [("latent d", 256, "16,384", "a|b smaller\nmodel")])
+    header, rule, row = table.splitlines()
+    assert header == "| | this book (`tiny`) | the paper | what differs, and why |" and rule == "|---|---|---|---|"
+    assert row == "| **latent d** | 256 | 16,384 | a\\|b smaller model |"

@@ -16,8 +16,10 @@ from memories_lib.core.judging import concept_head
 from memories_lib.core.profile import ProfileError
 from memories_lib.core.sampling import regenerate, sample_seeds
 from memories_lib.core.store import Store
+from memories_lib.erasure import resolve_params
 from memories_lib.worlds import Detector, SimilarityModel, WorldError, open_world
 from memories_lib.worlds.stable_diffusion import StableDiffusionWorld
+from memories_lib.worlds.stable_diffusion.spec import uce_preserve_scale
 from sd_world import COCO_IMAGES, OBJECT_PROMPTS, STYLE_IMAGES, build_tiny_sd_world
 
 
@@ -60,9 +62,40 @@ def test_opens_with_concepts_of_both_kinds(world: StableDiffusionWorld, sd_profi
 
 
 def test_concept_prompts_follow_the_uce_rule_per_kind(world: StableDiffusionWorld):
+    # UCE's first release (train_erase.py): objects guided to "", art to "art"; "" always preserved,
+    # other artists too, with preserve scale max(0.1, 1 / len(preserved))
     church, style = world.concept_prompts("church"), world.concept_prompts("van_gogh")
-    assert (church.concept, church.prompts, church.guides, church.preserve) == ("church", ("church",), ("",), ())
-    assert (style.concept, style.prompts, style.guides, style.preserve) == ("van_gogh", ("Van Gogh",), ("art",), ())
+    assert (church.concept, church.prompts, church.guides, church.preserve) == ("church", ("church",), ("",), ("",))
+    assert (style.concept, style.prompts, style.guides, style.preserve) == ("van_gogh", ("Van Gogh",), ("art",), ("",))
+    assert church.preserve_scale == style.preserve_scale == 1.0
+    # the other object (parachute) is not preserved: the official script keeps other artists only
+    assert "parachute" not in church.preserve
+
+
+def test_a_style_preserves_the_other_styles_with_the_official_scale(sd_profile: Path, tmp_path: Path):
+    def edit(raw):
+        concepts, labels = raw["world"]["concepts"], raw["world"]["detectors"]["style"]["labels"]
+        for i, name in enumerate(("claude_monet", "pablo_picasso")):
+            concepts[name] = {**concepts["van_gogh"], "name": name.replace("_", " ").title()}
+            labels[name] = [i + 1]
+
+    styles = open_world(variant(sd_profile, tmp_path, edit))
+    van_gogh = styles.concept_prompts("van_gogh")
+    assert van_gogh.preserve == ("", "Claude Monet", "Pablo Picasso")
+    assert van_gogh.preserve_scale == pytest.approx(1 / 3)
+    assert uce_preserve_scale(20) == 0.1 and uce_preserve_scale(1) == 1.0
+    with pytest.raises(ValueError, match="at least the empty prompt"):
+        uce_preserve_scale(0)
+
+
+def test_uce_takes_the_worlds_preserved_prompts_and_scale_unless_the_profile_sets_them(world: StableDiffusionWorld):
+    church = world.concept_prompts("church")
+    params = resolve_params("uce", {}, church)
+    assert (params["guides"], params["preserve"], params["preserve_scale"]) == ([""], [""], 1.0)
+    assert resolve_params("uce", {"preserve_scale": 0.3}, church)["preserve_scale"] == 0.3
+    assert resolve_params("uce-moderate", {}, church)["preserve"] == [""]
+    # no concept (a settings table): the official default of the current script
+    assert resolve_params("uce", {})["preserve_scale"] == 1.0
 
 
 def test_naming_prompts_cycle_through_the_source_in_file_order(world: StableDiffusionWorld):

@@ -8,8 +8,10 @@ listed chapter and then runs ``jupyter-book build -W -n --keep-going`` with exec
 the HTML shows exactly what ran.
 
 Modules: ``toc`` (the chapters), ``parameters`` (declared and checked parameters), ``execute``
-(papermill), ``mathjax`` (the offline MathJax), ``build`` (the whole book), ``banner`` (a
-chapter's banner), ``sphinx`` (the Sphinx extension named in _config.yml). The names below
+(papermill), ``statistics`` (the log of chapter runs and its page), ``paper`` (the
+table "This book and the paper" that ends a chapter), ``mathjax`` (the offline
+MathJax), ``build`` (the whole book), ``banner`` (a chapter's banner), ``sphinx`` (the Sphinx
+extension named in _config.yml). The names below
 are re-exports: patch a function in the module that defines it (``book.build.prepare_models``).
 """
 
@@ -17,6 +19,7 @@ from .banner import banner_markdown, device_label, show_banner
 from .build import build_book, prepare_models, warm_matplotlib
 from .execute import execute_chapter
 from .mathjax import vendor_mathjax
+from .paper import paper_table_markdown, show_paper_table
 from .parameters import (
     NotebookParameter,
     ParameterError,
@@ -33,5 +36,6 @@ __all__ = [
     "BookError", "Chapter", "NotebookParameter", "ParameterError",
     "banner_markdown", "build_book", "chapter_parameters", "chapters", "check_parameters", "device_label",
     "execute_chapter", "find_root", "notebook_parameters", "parse_value", "prepare_models", "profile_reference",
-    "resolve_chapter", "show_banner", "vendor_mathjax", "warm_matplotlib",
+    "paper_table_markdown", "resolve_chapter", "show_banner", "show_paper_table", "vendor_mathjax",
+    "warm_matplotlib",
 ]

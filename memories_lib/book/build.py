@@ -11,9 +11,9 @@ from typing import Any, Mapping
 
 from ..core.profile import Profile
 from ..worlds import open_world
-from . import execute, mathjax
+from . import execute, mathjax, statistics
 from .parameters import ParameterError, as_profile, chapter_parameters, notebook_parameters
-from .toc import BookError, Chapter, chapters, find_root
+from .toc import EXECUTED_DIR, BookError, Chapter, chapters, find_root
 
 
 def warm_matplotlib() -> None:
@@ -54,6 +54,9 @@ def build_book(
 ) -> Path:
     """Execute every chapter of ``_toc.yml`` into ``_executed/`` and build the HTML book.
 
+    Every chapter's run is logged in ``_executed/execution_log.jsonl``; the page *Execution
+    statistics* (``book/execution.md``) includes the table written from that log.
+
     Parameters are checked for every chapter before anything runs: an override must be
     declared by at least one chapter and is given to the chapters that declare it.
     Returns ``<root>/_build/html/index.html``; raises BookError when a chapter or the build fails.
@@ -82,6 +85,7 @@ def build_book(
         if progress:
             print(f"[memories] executing {chapter.source.relative_to(root)} with {parameters}", file=sys.stderr)
         execute.run_notebook(chapter, parameters, chapter.executed, progress)
+    statistics.write_statistics_page(root / EXECUTED_DIR, [chapter.name for chapter, _ in plans])
 
     cmd = [_jupyter_book(), "build", str(root), "-W", "-n", "--keep-going"]
     if progress:

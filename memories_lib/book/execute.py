@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
 from ..core.profile import Profile
-from .parameters import chapter_parameters
+from . import statistics
+from .parameters import as_profile, chapter_parameters
 from .toc import BookError, Chapter, read_notebook
 
 KERNEL_NAME = "python3"
@@ -24,7 +26,11 @@ def _drop_unknown_parameter_warnings(record: logging.LogRecord) -> bool:
 
 
 def run_notebook(chapter: Chapter, parameters: Mapping[str, Any], output: Path, progress: bool) -> Path:
-    """Execute ``chapter`` with papermill and ``parameters`` (already checked) into ``output``."""
+    """Execute ``chapter`` with papermill and ``parameters`` (already checked) into ``output``.
+
+    A successful run is appended to the execution log beside ``output`` (``statistics``): its
+    duration, and whether it found everything in the cache (warm) or computed something (cold).
+    """
     import jupytext
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -33,6 +39,8 @@ def run_notebook(chapter: Chapter, parameters: Mapping[str, Any], output: Path, 
     output.parent.mkdir(parents=True, exist_ok=True)
     papermill_log = logging.getLogger("papermill")
     papermill_log.addFilter(_drop_unknown_parameter_warnings)
+    cache_before = statistics.count_cache_files()
+    start = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory(prefix="memories-run-") as tmp:
             ipynb = Path(tmp) / f"{chapter.name}.ipynb"
@@ -54,6 +62,15 @@ def run_notebook(chapter: Chapter, parameters: Mapping[str, Any], output: Path, 
         ) from None
     finally:
         papermill_log.removeFilter(_drop_unknown_parameter_warnings)
+    seconds = statistics.papermill_seconds(output) or time.perf_counter() - start
+    profile = parameters.get("profile")
+    statistics.record_run(
+        output.parent / statistics.LOG_NAME,
+        chapter.name,
+        as_profile(profile).name if profile is not None else "-",
+        seconds,
+        statistics.count_cache_files() - cache_before,
+    )
     return output
 
 

@@ -17,13 +17,16 @@ class ConceptPrompts:
     prompts:  the prompts that name the concept, shortest first (``prompts[0]`` is the concept's
               own prompt, e.g. "a triangle");
     guides:   for each prompt, what it should produce instead (UCE's guide, ESD's anchor);
-    preserve: prompts whose outputs must not change (UCE's preserved concepts).
+    preserve: prompts whose outputs must not change (UCE's preserved concepts);
+    preserve_scale: the weight the world's rule gives the preserved prompts (UCE's ``preserve_scale``),
+              None for the method's own default.
     """
 
     concept: str
     prompts: tuple[str, ...]
     guides: tuple[str, ...]
     preserve: tuple[str, ...] = ()
+    preserve_scale: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("prompts", "guides", "preserve"):
@@ -32,6 +35,8 @@ class ConceptPrompts:
             raise ValueError("a concept must be a non-empty string")
         if not self.prompts:
             raise ValueError(f"concept {self.concept!r}: at least one prompt must name it")
+        if self.preserve_scale is not None and not self.preserve_scale > 0:
+            raise ValueError(f"concept {self.concept!r}: preserve_scale must be positive, got {self.preserve_scale}")
         if len(self.guides) != len(self.prompts):
             raise ValueError(
                 f"concept {self.concept!r}: {len(self.prompts)} prompts but {len(self.guides)} guides (one per prompt)"

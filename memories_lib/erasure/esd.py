@@ -8,15 +8,24 @@ model's noise *steered away* from c:
 where eps is the frozen original and eps(z_t, t) its prediction for the empty prompt. The
 training latents z_t come, as in the official code, from the model being trained: DDIM
 sampling (50 steps, guidance 3, prompted with c) from a fresh seed, stopped after a random
-number of steps; the loss is the mean squared error at that point's timestep. ESD-x trains
-the cross-attention (``attn2``) parameters only; ESD-u everything else except the time
-embedding and the output head (the official ``noxattn`` choice). The official Stable Diffusion
-run uses Adam, lr 1e-5, 1000 iterations; small models need a larger lr and fewer steps, so
-both are settings.
+number of steps. ESD-x trains the cross-attention (``attn2``) parameters only; ESD-u everything
+else except the time embedding and the output head (the official ``noxattn`` choice). The
+official Stable Diffusion run uses Adam, lr 1e-5, 1000 iterations; small models need a larger lr
+and fewer steps, so both are settings.
 
-Deliberate difference from the official code: the official CompVis script evaluates the loss
-at a timestep drawn uniformly inside the DDIM interval where sampling stopped; here it is
-evaluated at the timestep the sampled latent actually has.
+The timestep of the loss, here: k is drawn from 0..ddim_steps - 1, k DDIM steps are sampled
+(k = 0: the pure-noise seed), and the loss is taken at the k-th timestep of the schedule, the
+noise level the sampled latent actually has.
+
+The official script (``train-scripts/train-esd.py`` of rohitgandikota/erasing, the CompVis code
+behind the published checkpoints) pairs them differently. Its sampler has 50 steps on 1000
+training timesteps, tau_j = 20 j + 1 (j = 49 is the noisiest), run from j = 49 down. It draws
+t_enc from 0..49 and stops after the step of index j = t_enc - 1 (``till_T``), which leaves the
+latent at the level of tau_{t_enc - 2} = 20 t_enc - 39 (for t_enc >= 2; t_enc 0 and 1 sample to
+the end, the clean level). So at least two steps are sampled and pure noise is never used. The
+loss is then taken at a training timestep drawn uniformly from [20 t_enc, 20 t_enc + 20): for
+t_enc >= 2 that is 39 to 58 timesteps, two to three DDIM intervals, noisier than the latent the
+UNet is given. This module keeps the latent and its timestep consistent instead.
 """
 
 from __future__ import annotations

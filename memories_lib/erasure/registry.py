@@ -38,12 +38,13 @@ from .uce import (
 
 @dataclass(frozen=True)
 class _UCEShared:
-    """What every UCE edit takes; defaults of the official script. ``preserve`` None: the prompts of the
-    other concepts of the concept's kind."""
+    """What every UCE edit takes; defaults of the official script. ``preserve`` None: the concept's own
+    prompts to preserve (the world's rule); ``preserve_scale`` None: the concept's own scale, else the
+    official default."""
 
     preserve: list[str] | None = None
     lamb: float = DEFAULT_LAMBDA
-    preserve_scale: float = DEFAULT_PRESERVE_SCALE
+    preserve_scale: float | None = None
     token: str = "last"
     projections: list[str] = field(default_factory=lambda: ["to_k", "to_v"])
 
@@ -185,7 +186,8 @@ class ErasureMethod:
 
     params:     the dataclass of its parameters, with the official defaults;
     prompts:    which of the concept's prompts it erases: ``"all"`` or ``"shortest"``;
-    concept_defaults: parameters that default to the concept's own prompts (``guides``, ``preserve``);
+    concept_defaults: parameters that default to the concept's own values (``guides``, ``preserve``,
+                ``preserve_scale``);
     compute:    ``compute(base, prompts, params, *, measure_ratio, progress) -> Computed`` for a method
                 whose result is computed and cached (None for a loader);
     load:       ``load(base, concept, params) -> LDM`` for a published checkpoint (None otherwise);
@@ -228,17 +230,17 @@ METHODS: dict[str, ErasureMethod] = {
         ErasureMethod(
             "uce", UCEParams, "UCE: closed-form edit of every cross-attention K/V towards the prompts' guides",
             changes=lambda ldm, p: _prefixed("unet", _uce_parameters(ldm.unet, p)),
-            compute=_uce, concept_defaults=("guides", "preserve"),
+            compute=_uce, concept_defaults=("guides", "preserve", "preserve_scale"),
         ),
         ErasureMethod(
             "uce-moderate", UCEModerateParams, "UCE moderation: the concept's prompts edited towards the empty prompt",
             changes=lambda ldm, p: _prefixed("unet", _uce_parameters(ldm.unet, p)),
-            compute=_uce_moderate, concept_defaults=("preserve",),
+            compute=_uce_moderate, concept_defaults=("preserve", "preserve_scale"),
         ),
         ErasureMethod(
             "uce-debias", UCEDebiasParams, "UCE debiasing: attribute embeddings mixed into the concept's prompt",
             changes=lambda ldm, p: _prefixed("unet", _uce_parameters(ldm.unet, p)),
-            compute=_uce_debias, prompts="shortest", concept_defaults=("preserve",),
+            compute=_uce_debias, prompts="shortest", concept_defaults=("preserve", "preserve_scale"),
         ),
         ErasureMethod(
             "esd-x", ESDParams, "ESD-x: cross-attention fine-tuned with negative guidance",
@@ -283,10 +285,13 @@ def resolve_params(method: str, params: Mapping[str, Any] | None, concept: Conce
     if missing:
         raise ValueError(f"{method} needs the parameter(s) {missing}")
     if concept is not None:
-        own = {"guides": list(concept.guides), "preserve": list(concept.preserve)}
+        own = {"guides": list(concept.guides), "preserve": list(concept.preserve),
+               "preserve_scale": concept.preserve_scale}
         for name in spec.concept_defaults:
             if full[name] is None:
                 full[name] = own[name]
+    if "preserve_scale" in full and full["preserve_scale"] is None:  # neither the profile nor the concept set it
+        full["preserve_scale"] = DEFAULT_PRESERVE_SCALE
     _check_values(method, full, concept)
     spec.params(**{k: v for k, v in full.items()})  # the dataclass's own checks
     full = thaw(full)

@@ -2,7 +2,8 @@
 
 For every image of a set, ``invert_set`` records the seed z_T found by inversion, the image
 regenerated from it, the PSNR of that regeneration against the image, the PSNR of the
-VAE alone (the ceiling of any inversion) and the NLL of the seed. Each image's record is
+VAE round trip (encode, then decode: the error the encoder adds, a reference line and not a
+bound, since optimising a latent against the decoder can do better) and the NLL of the seed. Each image's record is
 kept in the results store under a key made of everything that determines it (the model's
 weights hash, the image's hash, its caption, the method and its parameters), so a rerun
 serves finished records from disk and an interrupted run resumes.

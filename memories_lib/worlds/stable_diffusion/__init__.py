@@ -52,8 +52,10 @@ Judges:
   tokenizer and image processor from a local folder; cosine similarities.
 
 Concept prompts (what an erasure method is given) follow the official UCE script for Stable
-Diffusion: the prompt is the concept's name, guided to ``""`` for an object and to ``"art"`` for a
-style, nothing preserved. Everything the section names is checked when the world is opened: a
+Diffusion as first released (``train-scripts/train_erase.py``, 2023): the prompt is the concept's
+name, guided to ``""`` for an object and to ``"art"`` for a style; preserved are the empty prompt
+and, for a style, the names of the world's other styles (the script keeps every other artist of its
+list), with preserve scale ``max(0.1, 1 / n_preserved)`` (1 for an object). Everything the section names is checked when the world is opened: a
 missing file or folder raises :class:`~memories_lib.worlds.base.WorldError` saying what belongs
 where, before any model is loaded.
 """

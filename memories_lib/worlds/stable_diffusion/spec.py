@@ -20,6 +20,17 @@ CONCEPT_KINDS: tuple[str, ...] = ("object", "style")
 #: What the official UCE script guides a concept of each kind to ("" for objects, "art" for styles).
 GUIDES: Mapping[str, str] = MappingProxyType({"object": "", "style": "art"})
 
+
+def uce_preserve_scale(num_preserved: int) -> float:
+    """The preserve scale of UCE's first release (``train_erase.py``, 2023) for ``num_preserved`` prompts.
+
+    That script preserves the empty prompt and, for art, every other artist of its list, with
+    ``preserve_scale = max(0.1, 1 / len(retain))``: 1 when only "" is kept.
+    """
+    if num_preserved < 1:
+        raise ValueError(f"the official rule always preserves at least the empty prompt, got {num_preserved} prompts")
+    return max(0.1, 1.0 / num_preserved)
+
 #: The label of a detector head for images that show none of its concepts.
 OTHER = "other"
 

@@ -28,7 +28,7 @@ from .sources import (
     read_coco,
     read_prompt_csv,
 )
-from .spec import GUIDES, StableDiffusionSpec
+from .spec import GUIDES, StableDiffusionSpec, uce_preserve_scale
 
 CLASSIFIER_HINT = ("Put an image classifier there as transformers saves it (save_pretrained: config.json, "
                    "weights, preprocessor_config.json), e.g. a download of microsoft/resnet-50")
@@ -107,8 +107,16 @@ class StableDiffusionWorld(World):
         return self.spec.concepts[concept].name
 
     def concept_prompts(self, concept: str) -> ConceptPrompts:
-        """The official UCE rule: the concept's name, guided to "" (object) or "art" (style), nothing preserved."""
-        return ConceptPrompts(concept, (self.concept_name(concept),), (GUIDES[self.concept_kind(concept)],), ())
+        """The official UCE rule (its first release): the concept's name, guided to "" (object) or "art" (style).
+
+        Preserved: the empty prompt and, for a style, the names of the world's other styles (the
+        official script keeps every other artist of its list); scale ``max(0.1, 1 / n_preserved)``.
+        """
+        kind = self.concept_kind(concept)
+        others = tuple(self.concept_name(c) for c in self.rivals(concept)) if kind == "style" else ()
+        preserve = ("", *others)
+        return ConceptPrompts(concept, (self.concept_name(concept),), (GUIDES[kind],), preserve,
+                              preserve_scale=uce_preserve_scale(len(preserve)))
 
     def concept_text(self, concept: str) -> str:
         """The concept's name, as the similarity model (CLIP) reads it."""

@@ -8,7 +8,12 @@ import torch
 
 from memories_lib.core import metrics
 from memories_lib.core.images import ImageSet, seeded_choice
-from memories_lib.experiments.concept_memory import invert_set, summarise
+import dataclasses
+
+from memories_lib.experiments import concept_memory
+from memories_lib.experiments.concept_memory import RECORD_VERSION, invert_set, summarise
+from memories_lib.inversion import api
+from memories_lib.inversion.renoise import ReNoiseConfig
 from memories_lib.core.store import Store
 
 
@@ -43,6 +48,79 @@ def test_invert_set_keys_on_method_parameters(ldm, image_set, tmp_path):
     a = invert_set(ldm, image_set, store, method="ddim", num_steps=2)
     b = invert_set(ldm, image_set, store, method="ddim", num_steps=4)
     assert not torch.equal(a.seeds, b.seeds)
+
+
+def _counting(monkeypatch) -> list[int]:
+    """Count the images ``invert_set`` computes (those the store does not serve)."""
+    computed = []
+    real = api.invert
+
+    def counted(ldm, images01, prompts, *args, **kwargs):
+        computed.append(images01.shape[0])
+        return real(ldm, images01, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(api, "invert", counted)
+    return computed
+
+
+def test_invert_set_keys_on_the_resolved_configuration(ldm, image_set, tmp_path, monkeypatch):
+    store = Store(tmp_path / "store")
+    computed = _counting(monkeypatch)
+    two = ImageSet("two", image_set.images[:2], list(image_set.prompts[:2]))
+    invert_set(ldm, two, store, method="renoise-plain", num_steps=2)  # the default: 5 renoise steps
+    assert sum(computed) == 2
+    # The same run spelled three ways hits the same records.
+    invert_set(ldm, two, store, method="renoise-plain", num_steps=2, options={"num_renoise_steps": 1})
+    invert_set(ldm, two, store, method="renoise-plain", num_steps=2,
+               options={"config": ReNoiseConfig.plain(num_renoise_steps=1)})
+    invert_set(ldm, two, store, method="renoise-plain", num_steps=None,
+               options={"config": ReNoiseConfig.plain(num_renoise_steps=1).with_steps(2)})
+    assert sum(computed) == 4
+    # A changed library default (the method's base config) gives new records, not the stale ones...
+    spec = api.METHODS["renoise-plain"]
+    for steps, expected in ((3, 6), (1, 6)):  # ... or the records of the run it now is
+        changed = api._renoise_resolver("renoise-plain", ReNoiseConfig.plain(num_renoise_steps=steps))
+        monkeypatch.setitem(api.METHODS, "renoise-plain", dataclasses.replace(spec, resolve=changed))
+        invert_set(ldm, two, store, method="renoise-plain", num_steps=2)
+        assert sum(computed) == expected
+    # So is a changed default step count.
+    invert_set(ldm, two, store, method="ddim", num_steps=3)
+    monkeypatch.setattr(api, "DEFAULT_STEPS", 3)
+    invert_set(ldm, two, store, method="ddim")
+    assert sum(computed) == 8
+    monkeypatch.setattr(api, "DEFAULT_STEPS", 2)
+    invert_set(ldm, two, store, method="ddim")
+    assert sum(computed) == 10
+    # The key holds the model's device and dtype and the resolved configuration.
+    key = concept_memory.record_key("m", "cpu", "torch.float32", "h", "p", api.resolve("ddim", 3))
+    assert key["version"] == RECORD_VERSION == 2
+    assert key["config"] == {"method": "ddim", "num_steps": 3, "posterior": "mean", "seed": None,
+                             "guidance_scale": 0.0, "reconstruction_guidance": 1.0}
+    assert store.key(**key) != store.key(**{**key, "device": "cuda"})
+    assert store.key(**key) != store.key(**{**key, "dtype": "torch.float16"})
+
+
+def test_invert_set_records_divergence(ldm, image_set, tmp_path, monkeypatch):
+    real = api.renoise_invert
+
+    def planted(ldm, latents, cond, config, **kwargs):  # the second image of every batch blows up
+        seeds, trajectory = real(ldm, latents, cond, config, **kwargs)
+        seeds = seeds.clone()
+        if seeds.shape[0] > 1:
+            seeds[1] = float("nan")
+        return seeds, trajectory
+
+    monkeypatch.setattr(api, "renoise_invert", planted)
+    store = Store(tmp_path / "store")
+    first = invert_set(ldm, image_set, store, method="renoise-plain", num_steps=2, batch_size=5)
+    assert first.diverged.tolist() == [False, True, False, False, False]
+    assert np.isnan(first.psnr[1]) and np.isfinite(np.delete(first.psnr, 1)).all()
+    assert not np.isfinite(first.nll[1])
+    again = invert_set(ldm, image_set, store, method="renoise-plain", num_steps=2, batch_size=5)  # from the store
+    assert again.diverged.tolist() == first.diverged.tolist() and np.isnan(again.psnr[1])
+    row = summarise(again, again, ldm.latent_dim, torch.Generator().manual_seed(0), n_reference=100, n_boot=20)
+    assert row["diverged"] == row["ref_diverged"] == 1
+    assert np.isfinite(row["psnr"]) and np.isfinite(row["rd_emd"])
 
 
 def test_invert_set_rejects_unknown_method_before_work(ldm, image_set, tmp_path):

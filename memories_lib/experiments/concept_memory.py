@@ -2,10 +2,13 @@
 
 For every image of a set, ``invert_set`` records the seed z_T found by inversion, the image
 regenerated from it, the PSNR of that regeneration against the image, the PSNR of the
-VAE alone (the ceiling of any inversion) and the NLL of the seed. Each image's record is
-kept in the results store under a key made of everything that determines it (the model's
-weights hash, the image's hash, its caption, the method and its parameters), so a rerun
-serves finished records from disk and an interrupted run resumes.
+VAE alone (the ceiling of any inversion), the NLL of the seed and whether the seed diverged
+(non-finite or exploded, ``inversion.diverged_seeds``; its PSNR and NLL may then be NaN or
+infinite). Each image's record is kept in the results store under a key made of everything
+that determines it: the model's weights hash, device type and dtype, the image's hash, its
+caption, and the method's *resolved* configuration (``inversion.resolve``: every default
+filled in), so a changed library default computes new records instead of serving stale
+ones, a rerun serves finished records from disk and an interrupted run resumes.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from ..core.images import ImageSet
 from ..core.store import Store, hash_tensor
 
 #: Bump when the record's definition changes (a new field, another PSNR convention).
-RECORD_VERSION = 1
+#: 2: keyed by the resolved configuration and the model's device and dtype; ``diverged``.
+RECORD_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class SetInversion:
     psnr: np.ndarray               # (N,) regeneration vs original, dB
     vae_psnr: np.ndarray           # (N,) VAE encode-decode vs original, dB
     nll: np.ndarray                # (N,) NLL of each seed under N(0, I)
+    diverged: np.ndarray           # (N,) bool: the seed is non-finite or exploded
 
     def __len__(self) -> int:
         return self.seeds.shape[0]
@@ -50,23 +55,18 @@ def invert_set(
     batch_size: int = 16,
     desc: str | None = None,
 ) -> SetInversion:
-    """Invert every image of ``images`` with ``ldm`` (batched, through ``store``)."""
+    """Invert every image of ``images`` with ``ldm`` (batched, through ``store``).
+
+    Records are keyed by :func:`record_key`; ``options`` are the method's (``inversion.invert``).
+    """
     options = dict(options or {})
-    inversion.get_method(method)  # an unknown method fails here, before any work
+    config = inversion.resolve(method, num_steps, **options)  # unknown methods and options fail here
     model_hash = ldm.weights_hash()
+    device, dtype = ldm.device.type, str(ldm.dtype)
     items = list(range(len(images)))
 
     def key(i: int) -> dict[str, Any]:
-        return {
-            "kind": "inversion-record",
-            "version": RECORD_VERSION,
-            "model": model_hash,
-            "image": hash_tensor(images.images[i]),
-            "prompt": images.prompts[i],
-            "method": method,
-            "num_steps": num_steps,
-            "options": options,
-        }
+        return record_key(model_hash, device, dtype, hash_tensor(images.images[i]), images.prompts[i], config)
 
     def compute(batch: list[int]):
         x = images.images[batch]
@@ -75,13 +75,14 @@ def invert_set(
             batch_size=batch_size, progress=False, **options,
         )
         vae_only = decode_latents(ldm, encode_images(ldm, x))
-        psnr = metrics.psnr(result.reconstruction, x)
+        psnr = _psnr_or_nan(result.reconstruction, x)
         vae_psnr = metrics.psnr(vae_only, x)
         nll = metrics.nll(result.seeds)
         return [
             (
                 {"seed": result.seeds[j], "reconstruction": result.reconstruction[j]},
-                {"psnr": float(psnr[j]), "vae_psnr": float(vae_psnr[j]), "nll": float(nll[j])},
+                {"psnr": float(psnr[j]), "vae_psnr": float(vae_psnr[j]), "nll": float(nll[j]),
+                 "diverged": bool(result.diverged[j])},
             )
             for j in range(len(batch))
         ]
@@ -92,10 +93,36 @@ def invert_set(
     return SetInversion(
         seeds=torch.stack([e.tensors["seed"] for e in entries]),
         reconstructions=torch.stack([e.tensors["reconstruction"] for e in entries]),
-        psnr=np.array([e.meta["psnr"] for e in entries]),
-        vae_psnr=np.array([e.meta["vae_psnr"] for e in entries]),
-        nll=np.array([e.meta["nll"] for e in entries]),
+        psnr=np.array([e.meta["psnr"] for e in entries], dtype=float),
+        vae_psnr=np.array([e.meta["vae_psnr"] for e in entries], dtype=float),
+        nll=np.array([e.meta["nll"] for e in entries], dtype=float),
+        diverged=np.array([e.meta["diverged"] for e in entries], dtype=bool),
     )
+
+
+def _psnr_or_nan(reconstruction: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """PSNR per image; NaN for a reconstruction that is not finite (its seed diverged)."""
+    out = torch.full((images.shape[0],), float("nan"), dtype=torch.float64)
+    finite = torch.isfinite(reconstruction).flatten(1).all(dim=1)
+    if finite.any():
+        out[finite] = metrics.psnr(reconstruction[finite], images[finite])
+    return out
+
+
+def record_key(
+    model_hash: str, device: str, dtype: str, image_hash: str, prompt: str, config: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The key parts of one image's inversion record; ``config`` is ``inversion.resolve``'s."""
+    return {
+        "kind": "inversion-record",
+        "version": RECORD_VERSION,
+        "model": model_hash,
+        "device": device,
+        "dtype": dtype,
+        "image": image_hash,
+        "prompt": prompt,
+        "config": dict(config),
+    }
 
 
 def summarise(
@@ -106,18 +133,27 @@ def summarise(
     n_reference: int = 1000,
     n_boot: int = 1000,
 ) -> dict[str, float]:
-    """PSNR means and both relative distances (exact EMD and the official Gaussian W2), with 95% bootstrap CIs."""
+    """PSNR means and both relative distances (exact EMD and the official Gaussian W2), with 95% bootstrap CIs.
+
+    Images whose seed diverged are left out of every statistic and counted in ``diverged``
+    and ``ref_diverged``.
+    """
+    e_ok, r_ok = ~erased.diverged, ~reference.diverged
+    if not e_ok.any() or not r_ok.any():
+        raise ValueError("every seed of a set diverged: nothing to summarise")
     row: dict[str, float] = {
-        "psnr": float(np.mean(erased.psnr)),
-        "psnr_std": float(np.std(erased.psnr)),
-        "vae_psnr": float(np.mean(erased.vae_psnr)),
-        "ref_psnr": float(np.mean(reference.psnr)),
-        "nll": float(np.mean(erased.nll)),
-        "ref_nll": float(np.mean(reference.nll)),
+        "psnr": float(np.mean(erased.psnr[e_ok])),
+        "psnr_std": float(np.std(erased.psnr[e_ok])),
+        "vae_psnr": float(np.mean(erased.vae_psnr[e_ok])),
+        "ref_psnr": float(np.mean(reference.psnr[r_ok])),
+        "nll": float(np.mean(erased.nll[e_ok])),
+        "ref_nll": float(np.mean(reference.nll[r_ok])),
+        "diverged": int((~e_ok).sum()),
+        "ref_diverged": int((~r_ok).sum()),
     }
     for distance in metrics.DISTANCES:
         rd = metrics.relative_distance_ci(
-            erased.nll, reference.nll, latent_dim, n_reference, generator, n_boot=n_boot, distance=distance
+            erased.nll[e_ok], reference.nll[r_ok], latent_dim, n_reference, generator, n_boot=n_boot, distance=distance
         )
         row[f"rd_{distance}"] = rd.value
         row[f"rd_{distance}_low"] = rd.low

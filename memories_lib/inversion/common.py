@@ -7,7 +7,10 @@ NLL standard deviations above the N(0, I) mean (34 at d = 256, 272 at d = 16384:
 reached by a Gaussian draw), while inverted seeds of ordinary and of unusual images stay
 near 1 (their NLL differs from the N(0, I) band by a few standard deviations, which is the
 paper's signal). The threshold only catches an inversion that blew up, such as ReNoise's
-noise regularisation on small latents.
+noise regularisation on small latents. Measured on the mini shapes world (d = 256, 96 images:
+64 reference and 32 erased-set images, base model): the finite seeds of "renoise",
+"renoise-plain" and "renoise" with ``noise_regularization_scale_with_latent`` had mean squares
+between 0.68 and 1.19, and every seed that diverged ("renoise": 18 of 96) was non-finite.
 """
 
 from __future__ import annotations

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from memories_lib.core import metrics
 from memories_lib.core.images import ImageSet, seeded_choice
-from memories_lib.experiments.concept_memory import SetInversion, invert_set, regeneration_scores, summarise
+from memories_lib.experiments import concept_memory
+from memories_lib.experiments.concept_memory import (
+    RECORD_VERSION, SetInversion, invert_set, regeneration_scores, summarise,
+)
+from memories_lib.inversion import api
+from memories_lib.inversion.renoise import ReNoiseConfig
 from memories_lib.core.store import Store
 
 
@@ -45,6 +52,80 @@ def test_invert_set_keys_on_method_parameters(ldm, image_set, tmp_path):
     assert not torch.equal(a.seeds, b.seeds)
 
 
+def _counting(monkeypatch) -> list[int]:
+    """Count the images ``invert_set`` computes (those the store does not serve)."""
+    computed = []
+    real = api.invert
+
+    def counted(ldm, images01, prompts, *args, **kwargs):
+        computed.append(images01.shape[0])
+        return real(ldm, images01, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(api, "invert", counted)
+    return computed
+
+
+def test_invert_set_keys_on_the_resolved_configuration(ldm, image_set, tmp_path, monkeypatch):
+    store = Store(tmp_path / "store")
+    computed = _counting(monkeypatch)
+    two = ImageSet("two", image_set.images[:2], list(image_set.prompts[:2]))
+    invert_set(ldm, two, store, method="renoise-plain", num_steps=2)  # the default: 5 renoise steps
+    assert sum(computed) == 2
+    # The same run spelled three ways hits the same records.
+    invert_set(ldm, two, store, method="renoise-plain", num_steps=2, options={"num_renoise_steps": 1})
+    invert_set(ldm, two, store, method="renoise-plain", num_steps=2,
+               options={"config": ReNoiseConfig.plain(num_renoise_steps=1)})
+    invert_set(ldm, two, store, method="renoise-plain", num_steps=None,
+               options={"config": ReNoiseConfig.plain(num_renoise_steps=1).with_steps(2)})
+    assert sum(computed) == 4
+    # A changed library default (the method's base config) gives new records, not the stale ones...
+    spec = api.METHODS["renoise-plain"]
+    for steps, expected in ((3, 6), (1, 6)):  # ... or the records of the run it now is
+        changed = api._renoise_resolver("renoise-plain", ReNoiseConfig.plain(num_renoise_steps=steps))
+        monkeypatch.setitem(api.METHODS, "renoise-plain", dataclasses.replace(spec, resolve=changed))
+        invert_set(ldm, two, store, method="renoise-plain", num_steps=2)
+        assert sum(computed) == expected
+    # So is a changed default step count.
+    invert_set(ldm, two, store, method="ddim", num_steps=3)
+    monkeypatch.setattr(api, "DEFAULT_STEPS", 3)
+    invert_set(ldm, two, store, method="ddim")
+    assert sum(computed) == 8
+    monkeypatch.setattr(api, "DEFAULT_STEPS", 2)
+    invert_set(ldm, two, store, method="ddim")
+    assert sum(computed) == 10
+    # The key holds the model's device and dtype and the resolved configuration.
+    key = concept_memory.record_key("m", "cpu", "torch.float32", "h", "p", api.resolve("ddim", 3))
+    assert key["version"] == RECORD_VERSION == 2
+    assert key["config"] == {"method": "ddim", "num_steps": 3, "posterior": "mean", "seed": None,
+                             "guidance_scale": 0.0, "reconstruction_guidance": 1.0}
+    assert store.key(**key) != store.key(**{**key, "device": "cuda"})
+    assert store.key(**key) != store.key(**{**key, "dtype": "torch.float16"})
+
+
+def test_invert_set_records_divergence(ldm, image_set, tmp_path, monkeypatch):
+    real = api.renoise_invert
+
+    def planted(ldm, latents, cond, config, **kwargs):  # the second image of every batch blows up
+        seeds, trajectory = real(ldm, latents, cond, config, **kwargs)
+        seeds = seeds.clone()
+        if seeds.shape[0] > 1:
+            seeds[1] = float("nan")
+        return seeds, trajectory
+
+    monkeypatch.setattr(api, "renoise_invert", planted)
+    store = Store(tmp_path / "store")
+    first = invert_set(ldm, image_set, store, method="renoise-plain", num_steps=2, batch_size=5)
+    assert first.diverged.tolist() == [False, True, False, False, False]
+    assert np.isnan(first.psnr[1]) and np.isfinite(np.delete(first.psnr, 1)).all()
+    assert not np.isfinite(first.nll[1])
+    again = invert_set(ldm, image_set, store, method="renoise-plain", num_steps=2, batch_size=5)  # from the store
+    assert again.diverged.tolist() == first.diverged.tolist() and np.isnan(again.psnr[1])
+    ref = metrics.NLLReference.draw(ldm.latent_dim, 2000, torch.Generator().manual_seed(1))
+    row = summarise(again, again, ref, torch.Generator().manual_seed(0), n_boot=20, official_draws=20)
+    assert row["diverged_e"] == row["diverged_r"] == 1 and row["diverged"] == 2
+    assert np.isfinite(row["psnr"]) and np.isfinite(row["rd_emd"])
+
+
 def test_invert_set_rejects_unknown_method_before_work(ldm, image_set, tmp_path):
     with pytest.raises(ValueError, match="unknown|method"):
         invert_set(ldm, image_set, Store(tmp_path / "s"), method="magic")
@@ -73,11 +154,9 @@ def planted(nll, psnr=None, diverged=None):
     recon = torch.rand(n, 3, 8, 8, generator=torch.Generator().manual_seed(n))
     fields = dict(seeds=torch.zeros(n, 4, 2, 2), reconstructions=recon,
                   psnr=np.asarray(psnr if psnr is not None else [20.0] * n, dtype=float),
-                  vae_psnr=np.full(n, 30.0), nll=np.asarray(nll, dtype=float))
-    inv = SetInversion(**fields)
-    if diverged is not None:  # the field another change adds; summarise reads it with getattr
-        object.__setattr__(inv, "diverged", np.asarray(diverged, dtype=bool))
-    return inv
+                  vae_psnr=np.full(n, 30.0), nll=np.asarray(nll, dtype=float),
+                  diverged=np.zeros(n, dtype=bool) if diverged is None else np.asarray(diverged, dtype=bool))
+    return SetInversion(**fields)
 
 
 def test_summary_leaves_out_and_counts_non_finite_and_diverged_seeds():

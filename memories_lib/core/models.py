@@ -14,6 +14,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -221,10 +222,24 @@ def encode_prompts(ldm: LDM, prompts: list[str]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_images(ldm: LDM, images: torch.Tensor) -> torch.Tensor:
-    """Images in [0, 1], (B, 3, H, W) -> scaled latents z_0 (the posterior mean)."""
+def encode_images(ldm: LDM, images: torch.Tensor, generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
+    """Images in [0, 1], (B, 3, H, W) -> scaled latents z_0: the posterior mean, or a posterior sample.
+
+    With ``generators`` (one CPU generator per image) z_0 is a sample of the VAE posterior,
+    ``(mean + std * eps) * scaling_factor`` with eps ~ N(0, I) of shape (1, C, h, w) drawn
+    in float32 from the image's generator (what ``latent_dist.sample(generator)`` draws for
+    one image with a CPU generator), so an image gets the same z_0 alone or in a batch.
+    """
     x = images.to(ldm.vae.device, ldm.vae.dtype) * 2 - 1
-    return ldm.vae.encode(x).latent_dist.mean * ldm.vae.config.scaling_factor
+    dist = ldm.vae.encode(x).latent_dist
+    if generators is None:
+        return dist.mean * ldm.vae.config.scaling_factor
+    generators = list(generators)
+    if len(generators) != x.shape[0]:
+        raise ValueError(f"got {len(generators)} generators for {x.shape[0]} images")
+    shape = (1, *dist.mean.shape[1:])
+    eps = torch.cat([torch.randn(shape, generator=g, dtype=torch.float32) for g in generators])
+    return (dist.mean + dist.std * eps.to(dist.mean.device, dist.mean.dtype)) * ldm.vae.config.scaling_factor
 
 
 @torch.no_grad()

@@ -3,10 +3,13 @@
 For every image of a set, ``invert_set`` records the seed z_T found by inversion, the image
 regenerated from it, the PSNR of that regeneration against the image, the PSNR of the
 VAE round trip (encode, then decode: the error the encoder adds, a reference line and not a
-bound, since optimising a latent against the decoder can do better) and the NLL of the seed. Each image's record is
-kept in the results store under a key made of everything that determines it (the model's
-weights hash, the image's hash, its caption, the method and its parameters), so a rerun
-serves finished records from disk and an interrupted run resumes.
+bound, since optimising a latent against the decoder can do better), the NLL of the seed and
+whether the seed diverged (non-finite or exploded, ``inversion.diverged_seeds``; its PSNR and
+NLL may then be NaN or infinite). Each image's record is kept in the results store under a key
+made of everything that determines it: the model's weights hash, device type and dtype, the
+image's hash, its caption, and the method's *resolved* configuration (``inversion.resolve``:
+every default filled in), so a changed library default computes new records instead of serving
+stale ones, a rerun serves finished records from disk and an interrupted run resumes.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from ..core.judging import concept_head
 from ..core.store import Store, hash_tensor
 
 #: Bump when the record's definition changes (a new field, another PSNR convention).
-RECORD_VERSION = 1
+#: 2: keyed by the resolved configuration and the model's device and dtype; ``diverged``.
+RECORD_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,7 @@ class SetInversion:
     psnr: np.ndarray               # (N,) regeneration vs original, dB
     vae_psnr: np.ndarray           # (N,) VAE encode-decode vs original, dB
     nll: np.ndarray                # (N,) NLL of each seed under N(0, I)
+    diverged: np.ndarray           # (N,) bool: the seed is non-finite or exploded
 
     def __len__(self) -> int:
         return self.seeds.shape[0]
@@ -52,23 +57,18 @@ def invert_set(
     batch_size: int = 16,
     desc: str | None = None,
 ) -> SetInversion:
-    """Invert every image of ``images`` with ``ldm`` (batched, through ``store``)."""
+    """Invert every image of ``images`` with ``ldm`` (batched, through ``store``).
+
+    Records are keyed by :func:`record_key`; ``options`` are the method's (``inversion.invert``).
+    """
     options = dict(options or {})
-    inversion.get_method(method)  # an unknown method fails here, before any work
+    config = inversion.resolve(method, num_steps, **options)  # unknown methods and options fail here
     model_hash = ldm.weights_hash()
+    device, dtype = ldm.device.type, str(ldm.dtype)
     items = list(range(len(images)))
 
     def key(i: int) -> dict[str, Any]:
-        return {
-            "kind": "inversion-record",
-            "version": RECORD_VERSION,
-            "model": model_hash,
-            "image": hash_tensor(images.images[i]),
-            "prompt": images.prompts[i],
-            "method": method,
-            "num_steps": num_steps,
-            "options": options,
-        }
+        return record_key(model_hash, device, dtype, hash_tensor(images.images[i]), images.prompts[i], config)
 
     def compute(batch: list[int]):
         x = images.images[batch]
@@ -77,13 +77,14 @@ def invert_set(
             batch_size=batch_size, progress=False, **options,
         )
         vae_only = decode_latents(ldm, encode_images(ldm, x))
-        psnr = metrics.psnr(result.reconstruction, x)
+        psnr = _psnr_or_nan(result.reconstruction, x)
         vae_psnr = metrics.psnr(vae_only, x)
         nll = metrics.nll(result.seeds)
         return [
             (
                 {"seed": result.seeds[j], "reconstruction": result.reconstruction[j]},
-                {"psnr": float(psnr[j]), "vae_psnr": float(vae_psnr[j]), "nll": float(nll[j])},
+                {"psnr": float(psnr[j]), "vae_psnr": float(vae_psnr[j]), "nll": float(nll[j]),
+                 "diverged": bool(result.diverged[j])},
             )
             for j in range(len(batch))
         ]
@@ -94,23 +95,46 @@ def invert_set(
     return SetInversion(
         seeds=torch.stack([e.tensors["seed"] for e in entries]),
         reconstructions=torch.stack([e.tensors["reconstruction"] for e in entries]),
-        psnr=np.array([e.meta["psnr"] for e in entries]),
-        vae_psnr=np.array([e.meta["vae_psnr"] for e in entries]),
-        nll=np.array([e.meta["nll"] for e in entries]),
+        psnr=np.array([e.meta["psnr"] for e in entries], dtype=float),
+        vae_psnr=np.array([e.meta["vae_psnr"] for e in entries], dtype=float),
+        nll=np.array([e.meta["nll"] for e in entries], dtype=float),
+        diverged=np.array([e.meta["diverged"] for e in entries], dtype=bool),
     )
 
 
+def _psnr_or_nan(reconstruction: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """PSNR per image; NaN for a reconstruction that is not finite (its seed diverged)."""
+    out = torch.full((images.shape[0],), float("nan"), dtype=torch.float64)
+    finite = torch.isfinite(reconstruction).flatten(1).all(dim=1)
+    if finite.any():
+        out[finite] = metrics.psnr(reconstruction[finite], images[finite])
+    return out
+
+
+def record_key(
+    model_hash: str, device: str, dtype: str, image_hash: str, prompt: str, config: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The key parts of one image's inversion record; ``config`` is ``inversion.resolve``'s."""
+    return {
+        "kind": "inversion-record",
+        "version": RECORD_VERSION,
+        "model": model_hash,
+        "device": device,
+        "dtype": dtype,
+        "image": image_hash,
+        "prompt": prompt,
+        "config": dict(config),
+    }
+
+
 def valid_mask(inv: SetInversion) -> np.ndarray:
-    """Which images of ``inv`` count: finite NLL and PSNR, and not marked ``diverged`` (when the record has it).
+    """Which images of ``inv`` count: finite NLL and PSNR, and not marked ``diverged``.
 
     A seed whose inversion diverged has a meaningless (often infinite) NLL and a garbage
     regeneration; one such image would dominate every mean and distance of its set.
     """
     ok = np.isfinite(np.asarray(inv.nll, dtype=np.float64)) & np.isfinite(np.asarray(inv.psnr, dtype=np.float64))
-    diverged = getattr(inv, "diverged", None)
-    if diverged is not None:
-        ok &= ~np.asarray(diverged, dtype=bool)
-    return ok
+    return ok & ~np.asarray(inv.diverged, dtype=bool)
 
 
 #: N(0, I) NLLs per draw in the official code (analyze_latents.py): its ratio is on this footing.

@@ -1,11 +1,32 @@
 """One entry point for every inversion method: images -> seeds z_T -> regenerated images.
 
-``invert`` encodes images with the VAE, inverts the latents with the chosen method,
-regenerates them from the seeds the way that method reconstructs (DDIM, ReNoise:
-plain DDIM sampling at guidance 1, the official setting; null-text: guidance 7.5 with
-the optimised per-step embeddings; EDICT: its coupled exact sampler) and decodes.
+``invert`` resolves the method's configuration (:func:`resolve`), encodes the images with
+the VAE (posterior mean, or a posterior sample drawn with each image's own generator when
+the configuration asks for one), inverts the latents with the chosen method, regenerates
+them from the seeds the way that method reconstructs (DDIM, ReNoise: plain DDIM sampling at
+guidance 1, the official setting; null-text: guidance 7.5 with the optimised per-step
+embeddings, or guidance 1 as the official Memories code; EDICT: its coupled exact sampler),
+decodes, and flags seeds that diverged (:func:`~memories_lib.inversion.common.diverged_seeds`).
 Plain DDIM sampling from given or fresh seeds (``regenerate``, ``generate``) is
 ``memories_lib.core.sampling``.
+
+The methods (``METHODS``):
+
+- "ddim": DDIM inversion with the caption.
+- "renoise": ReNoise as the official Memories run used it (noise regularisation on, z_0 a
+  posterior sample with seed 42 per image; :class:`ReNoiseConfig` defaults).
+- "renoise-plain": ReNoise without noise regularisation, from the posterior mean
+  (:meth:`ReNoiseConfig.plain`; deterministic, this project's earlier default).
+- "nti": null-text inversion as prompt-to-prompt runs it (:class:`NullTextConfig` defaults).
+- "nti-memories": null-text inversion as the official Memories code runs it
+  (:meth:`NullTextConfig.official_memories`).
+- "edict": EDICT's exact coupled inversion.
+
+Resolved configuration: ``resolve(method, num_steps, **options)`` is a dict with every
+setting that determines the result: ``method``, ``num_steps`` (the default resolved),
+``posterior`` ("mean" or "sample": how z_0 is encoded), ``seed`` (of every image's
+generator, or None when nothing is random) and the method's own settings (ReNoise and
+null-text: ``config``, a frozen dataclass with every field). Results stores key on it.
 
 Every method's ``info`` follows one convention so that batches can be concatenated:
 tensor values have the batch as their first dimension; other values describe the
@@ -13,10 +34,10 @@ whole call and are taken from the first batch. The keys:
 
 - all: ``num_steps``;
 - ddim: ``guidance_scale`` (inversion), ``reconstruction_guidance``;
-- renoise: ``config`` (the :class:`ReNoiseConfig` used);
-- nti: ``config`` (:class:`NullTextConfig`), ``uncond_embeds`` (B, N, L, D), the optimised
-  embedding of every sampling step, ``losses`` and ``inner_steps`` (B, N); its
-  ``trajectory`` is the pivot DDIM inversion;
+- renoise, renoise-plain: ``config`` (the :class:`ReNoiseConfig` used);
+- nti, nti-memories: ``config`` (:class:`NullTextConfig`), ``uncond_embeds`` (B, n, L, D), the
+  optimised embedding of every sampling step, ``losses`` and ``inner_steps`` (B, n); its
+  ``trajectory`` is the pivot DDIM inversion (n = N, or N - 1 for nti-memories);
 - edict: ``mix``, ``guidance_scale``, ``leapfrog``, ``float64``, and the float64 pair
   ``x_T``, ``y_T`` (B, C, h, w) the exact reconstruction starts from (seeds = x_T).
 """
@@ -25,13 +46,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from ..core.models import LDM, decode_latents, encode_images, encode_prompts
-from .common import InversionResult
+from .common import InversionResult, diverged_seeds
 from ..core.sampling import ddim_sample
 from .ddim import ddim_invert
 from .edict import DEFAULT_MIX, edict_invert, edict_sample
@@ -56,13 +77,16 @@ class Inverted:
 class InversionMethod:
     """A registered inversion method.
 
-    invert(ldm, latents, cond_embeds, num_steps | None, *, return_trajectory, progress, generator,
-           **options) -> Inverted (num_steps None: the method's default; info["num_steps"] says which)
+    resolve(num_steps | None, **options) -> the resolved configuration (see the module
+        docstring; unknown options raise ValueError)
+    invert(ldm, latents, cond_embeds, resolved, *, generators, return_trajectory, progress) -> Inverted
+        (``generators``: one per image, after the posterior sample, or None when ``resolved["seed"]`` is None)
     reconstruct(ldm, inverted, cond_embeds, *, progress) -> z_0 (B, C, h, w), as the method regenerates
     options: the names and defaults of the keyword options the method accepts.
     """
 
     name: str
+    resolve: Callable[..., dict[str, Any]]
     invert: Callable[..., Inverted]
     reconstruct: Callable[..., torch.Tensor]
     options: dict[str, Any]
@@ -72,21 +96,35 @@ class InversionMethod:
 # --------------------------------------------------------------------------- adapters
 
 DEFAULT_STEPS = 50  # the official Memories setting (inversion and reconstruction)
-# Each adapter resolves num_steps None to its method's default and records the step
-# count it used in info["num_steps"]; reconstruct reads what it needs from info.
+# Each method's resolve turns num_steps None into its default; invert records the step
+# count in info["num_steps"]; reconstruct reads what it needs from info.
 
 
-def _ddim_invert(
-    ldm, latents, cond, num_steps, *, return_trajectory, progress, generator,
-    guidance_scale: float = 0.0, reconstruction_guidance: float = 1.0,
-) -> Inverted:
-    num_steps = DEFAULT_STEPS if num_steps is None else num_steps
-    seeds, trajectory = ddim_invert(
-        ldm, latents, cond, num_steps, guidance_scale=guidance_scale,
-        return_trajectory=return_trajectory, progress=progress,
-    )
-    info = {"num_steps": num_steps, "guidance_scale": guidance_scale,
-            "reconstruction_guidance": reconstruction_guidance}
+def _check_options(name: str, options: dict[str, Any], accepted: dict[str, Any]) -> None:
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"method {name!r} has no option(s) {unknown}; its options are {sorted(accepted)}")
+
+
+def _resolved(name: str, num_steps: int, posterior: str = "mean", seed: int | None = None, **settings) -> dict:
+    return {"method": name, "num_steps": int(num_steps), "posterior": posterior, "seed": seed, **settings}
+
+
+_DDIM_OPTIONS = {"guidance_scale": 0.0, "reconstruction_guidance": 1.0}
+
+
+def _ddim_resolve(num_steps, **options) -> dict[str, Any]:
+    _check_options("ddim", options, _DDIM_OPTIONS)
+    settings = {k: float(options.get(k, v)) for k, v in _DDIM_OPTIONS.items()}
+    return _resolved("ddim", DEFAULT_STEPS if num_steps is None else num_steps, **settings)
+
+
+def _ddim_invert(ldm, latents, cond, resolved, *, generators, return_trajectory, progress) -> Inverted:
+    num_steps, guidance = resolved["num_steps"], resolved["guidance_scale"]
+    seeds, trajectory = ddim_invert(ldm, latents, cond, num_steps, guidance_scale=guidance,
+                                    return_trajectory=return_trajectory, progress=progress)
+    info = {"num_steps": num_steps, "guidance_scale": guidance,
+            "reconstruction_guidance": resolved["reconstruction_guidance"]}
     return Inverted(seeds, trajectory, info)
 
 
@@ -99,15 +137,27 @@ def _ddim_reconstruct(ldm, inverted, cond, *, progress) -> torch.Tensor:
 _RENOISE_FIELDS = [f.name for f in fields(ReNoiseConfig) if f.name not in ("num_inversion_steps", "num_inference_steps")]
 
 
-def _renoise_invert(
-    ldm, latents, cond, num_steps, *, return_trajectory, progress, generator,
-    config: ReNoiseConfig | None = None, **overrides,
-) -> Inverted:
-    config = dataclasses.replace(config or ReNoiseConfig(), **overrides)
-    if num_steps is not None:
-        config = config.with_steps(num_steps)
+def _renoise_resolver(name: str, base: ReNoiseConfig) -> Callable[..., dict[str, Any]]:
+    accepted = {"config": None, **{f: getattr(base, f) for f in _RENOISE_FIELDS}}
+
+    def resolve(num_steps, config: ReNoiseConfig | None = None, **overrides) -> dict[str, Any]:
+        _check_options(name, {"config": config, **overrides}, accepted)
+        if config is not None and not isinstance(config, ReNoiseConfig):
+            raise TypeError(f"config must be a ReNoiseConfig, got {type(config).__name__}")
+        config = dataclasses.replace(config or base, **overrides)
+        if num_steps is not None:
+            config = config.with_steps(num_steps)
+        random = config.posterior == "sample" or config.regularizes
+        return _resolved(name, config.num_inversion_steps, config.posterior, config.seed if random else None,
+                         config=config)
+
+    return resolve
+
+
+def _renoise_invert(ldm, latents, cond, resolved, *, generators, return_trajectory, progress) -> Inverted:
+    config: ReNoiseConfig = resolved["config"]
     seeds, trajectory = renoise_invert(ldm, latents, cond, config, return_trajectory=return_trajectory,
-                                       progress=progress, generator=generator)
+                                       progress=progress, generators=generators)
     return Inverted(seeds, trajectory, {"num_steps": config.num_inversion_steps, "config": config})
 
 
@@ -120,12 +170,22 @@ def _renoise_reconstruct(ldm, inverted, cond, *, progress) -> torch.Tensor:
 _NTI_FIELDS = [f.name for f in fields(NullTextConfig)]
 
 
-def _nti_invert(
-    ldm, latents, cond, num_steps, *, return_trajectory, progress, generator,
-    config: NullTextConfig | None = None, **overrides,
-) -> Inverted:
-    config = dataclasses.replace(config or NullTextConfig(), **overrides)
-    num_steps = DEFAULT_STEPS if num_steps is None else num_steps
+def _nti_resolver(name: str, base: NullTextConfig) -> Callable[..., dict[str, Any]]:
+    accepted = {"config": None, **{f: getattr(base, f) for f in _NTI_FIELDS}}
+
+    def resolve(num_steps, config: NullTextConfig | None = None, **overrides) -> dict[str, Any]:
+        _check_options(name, {"config": config, **overrides}, accepted)
+        if config is not None and not isinstance(config, NullTextConfig):
+            raise TypeError(f"config must be a NullTextConfig, got {type(config).__name__}")
+        config = dataclasses.replace(config or base, **overrides)
+        return _resolved(name, DEFAULT_STEPS if num_steps is None else num_steps, config=config)
+
+    return resolve
+
+
+def _nti_invert(ldm, latents, cond, resolved, *, generators, return_trajectory, progress) -> Inverted:
+    config: NullTextConfig = resolved["config"]
+    num_steps = resolved["num_steps"]
     out = null_text_invert(ldm, latents, cond, num_steps, config, progress=progress)
     info = {"num_steps": num_steps, "config": config, "uncond_embeds": out.uncond_embeds,
             "losses": out.losses, "inner_steps": out.inner_steps}
@@ -134,19 +194,29 @@ def _nti_invert(
 
 def _nti_reconstruct(ldm, inverted, cond, *, progress) -> torch.Tensor:
     info = inverted.info
-    return null_text_reconstruct(ldm, inverted.seeds, cond, info["uncond_embeds"], info["config"].guidance_scale,
-                                 progress)
+    config: NullTextConfig = info["config"]
+    guidance = config.guidance_scale if config.reconstruction_guidance is None else config.reconstruction_guidance
+    return null_text_reconstruct(ldm, inverted.seeds, cond, info["uncond_embeds"], guidance, progress,
+                                 num_schedule_steps=info["num_steps"])
 
 
-def _edict_invert(
-    ldm, latents, cond, num_steps, *, return_trajectory, progress, generator,
-    mix: float = DEFAULT_MIX, guidance_scale: float = 1.0, leapfrog: bool = True, float64: bool | None = None,
-) -> Inverted:
-    num_steps = DEFAULT_STEPS if num_steps is None else num_steps
-    x_T, y_T, trajectory = edict_invert(ldm, latents, cond, num_steps, mix, guidance_scale, None, leapfrog,
-                                        float64, return_trajectory, progress)
-    info = {"num_steps": num_steps, "mix": mix, "guidance_scale": guidance_scale, "leapfrog": leapfrog,
-            "float64": x_T.dtype == torch.float64, "x_T": x_T, "y_T": y_T}
+_EDICT_OPTIONS = {"mix": DEFAULT_MIX, "guidance_scale": 1.0, "leapfrog": True, "float64": None}
+
+
+def _edict_resolve(num_steps, **options) -> dict[str, Any]:
+    _check_options("edict", options, _EDICT_OPTIONS)
+    settings = {k: options.get(k, v) for k, v in _EDICT_OPTIONS.items()}
+    settings["mix"], settings["guidance_scale"] = float(settings["mix"]), float(settings["guidance_scale"])
+    # float64 None: float64 where the device allows it (the device is part of every store key).
+    return _resolved("edict", DEFAULT_STEPS if num_steps is None else num_steps, **settings)
+
+
+def _edict_invert(ldm, latents, cond, resolved, *, generators, return_trajectory, progress) -> Inverted:
+    r = resolved
+    x_T, y_T, trajectory = edict_invert(ldm, latents, cond, r["num_steps"], r["mix"], r["guidance_scale"], None,
+                                        r["leapfrog"], r["float64"], return_trajectory, progress)
+    info = {"num_steps": r["num_steps"], "mix": r["mix"], "guidance_scale": r["guidance_scale"],
+            "leapfrog": r["leapfrog"], "float64": x_T.dtype == torch.float64, "x_T": x_T, "y_T": y_T}
     return Inverted(x_T, trajectory, info)
 
 
@@ -157,27 +227,46 @@ def _edict_reconstruct(ldm, inverted, cond, *, progress) -> torch.Tensor:
     return x_0
 
 
+def _config_options(base) -> dict[str, Any]:
+    return {"config": None, **{f.name: getattr(base, f.name) for f in fields(base)
+                               if f.name not in ("num_inversion_steps", "num_inference_steps")}}
+
+
 def _registry() -> dict[str, InversionMethod]:
+    renoise, plain = ReNoiseConfig(), ReNoiseConfig.plain()
+    nti, nti_memories = NullTextConfig(), NullTextConfig.official_memories()
     return {
         "ddim": InversionMethod(
-            "ddim", _ddim_invert, _ddim_reconstruct,
-            {"guidance_scale": 0.0, "reconstruction_guidance": 1.0},
+            "ddim", _ddim_resolve, _ddim_invert, _ddim_reconstruct, dict(_DDIM_OPTIONS),
             "DDIM inversion with the caption (guidance 0 = conditional only), DDIM reconstruction at guidance 1",
         ),
         "renoise": InversionMethod(
-            "renoise", _renoise_invert, _renoise_reconstruct,
-            {"config": None, **{name: getattr(ReNoiseConfig(), name) for name in _RENOISE_FIELDS}},
-            "ReNoise (official Memories settings; noise regularisation off unless asked): 5 renoise iterations "
-            "per DDIM step, reconstruction at guidance 1",
+            "renoise", _renoise_resolver("renoise", renoise), _renoise_invert, _renoise_reconstruct,
+            _config_options(renoise),
+            "ReNoise as the official Memories run: 5 renoise iterations per DDIM step, ReNoise's noise "
+            "regularisation (4 rounds, KL target eps(z_0, t), acting below t = 250), z_0 a VAE posterior "
+            "sample with seed 42 per image; reconstruction at guidance 1",
+        ),
+        "renoise-plain": InversionMethod(
+            "renoise-plain", _renoise_resolver("renoise-plain", plain), _renoise_invert, _renoise_reconstruct,
+            _config_options(plain),
+            "ReNoise without noise regularisation, from the posterior mean (deterministic): 5 renoise "
+            "iterations per DDIM step, the official averaging; reconstruction at guidance 1",
         ),
         "nti": InversionMethod(
-            "nti", _nti_invert, _nti_reconstruct,
-            {"config": None, **{name: getattr(NullTextConfig(), name) for name in _NTI_FIELDS}},
-            "null-text inversion: per-step null embeddings optimised for guidance 7.5 and used to reconstruct",
+            "nti", _nti_resolver("nti", nti), _nti_invert, _nti_reconstruct, _config_options(nti),
+            "null-text inversion as prompt-to-prompt: per-step null embeddings optimised for guidance 7.5 "
+            "(10 Adam steps, decaying lr, early stop) and used to reconstruct at 7.5",
+        ),
+        "nti-memories": InversionMethod(
+            "nti-memories", _nti_resolver("nti-memories", nti_memories), _nti_invert, _nti_reconstruct,
+            _config_options(nti_memories),
+            "null-text inversion as the official Memories code: seed = plain DDIM of N - 1 steps from "
+            "alpha(t_{N-1}); 50 Adam steps per timestep, lr 1e-2, one optimiser, no early stop, guidance 7.5; "
+            "reconstruction at guidance 1, so the embeddings go unused",
         ),
         "edict": InversionMethod(
-            "edict", _edict_invert, _edict_reconstruct,
-            {"mix": DEFAULT_MIX, "guidance_scale": 1.0, "leapfrog": True, "float64": None},
+            "edict", _edict_resolve, _edict_invert, _edict_reconstruct, dict(_EDICT_OPTIONS),
             "EDICT: coupled exact inversion (float64 where possible); seeds are the x sequence",
         ),
     }
@@ -192,6 +281,20 @@ def get_method(name: str) -> InversionMethod:
         return METHODS[name]
     except KeyError:
         raise ValueError(f"unknown inversion method {name!r}; the methods are {sorted(METHODS)}") from None
+
+
+def resolve(method: str, num_steps: int | None = None, **options: Any) -> dict[str, Any]:
+    """The fully resolved configuration of ``method`` run with ``num_steps`` and ``options``.
+
+    Every default is filled in (num_steps, every config field), so two spellings of the same
+    run (``config=ReNoiseConfig(num_renoise_steps=3)`` or ``num_renoise_steps=3``; ``num_steps``
+    None or 50) give equal dicts, and a changed library default gives a different one. Keys:
+    ``method``, ``num_steps``, ``posterior`` ("mean" / "sample"), ``seed`` (int or None) and
+    the method's settings. Unknown options raise ValueError.
+    """
+    if num_steps is not None and (isinstance(num_steps, bool) or int(num_steps) != num_steps or num_steps < 1):
+        raise ValueError(f"num_steps must be a positive integer, got {num_steps}")
+    return get_method(method).resolve(None if num_steps is None else int(num_steps), **options)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -230,45 +333,46 @@ def _cpu32(x: torch.Tensor) -> torch.Tensor:
 def invert(
     ldm: LDM,
     images01: torch.Tensor,
-    prompts: list[str],
+    prompts: Sequence[str],
     method: str = "renoise",
     num_steps: int | None = None,
     regenerate: bool = True,
     return_trajectory: bool = False,
-    generator: torch.Generator | None = None,
     batch_size: int = 16,
     progress: bool = True,
     **options: Any,
 ) -> InversionResult:
     """Invert images (B, 3, H, W) in [0, 1] captioned by ``prompts`` into seeds z_T.
 
-    ``method``: one of ``METHODS`` ("ddim", "renoise", "nti", "edict"); ``num_steps``
-    None is the method's default (50, the official setting; ReNoise: its config's);
-    ``options`` are the method's own
-    (see ``METHODS[name].options``; unknown ones raise ValueError). With ``regenerate``
-    the seeds are sampled back the way the method reconstructs and decoded.
-    Images are processed ``batch_size`` at a time.
+    ``method``: one of ``METHODS`` (see the module docstring); ``num_steps`` None is the
+    method's default (50, the official setting); ``options`` are the method's own (see
+    ``METHODS[name].options``; unknown ones raise ValueError). With ``regenerate`` the seeds
+    are sampled back the way the method reconstructs and decoded. Images are processed
+    ``batch_size`` at a time.
+
+    Randomness (ReNoise's posterior sample and auto-correlation shifts) comes from one CPU
+    generator per image seeded with the configuration's ``seed``, created afresh for every
+    image as the official run does; so an image gets the same seed alone, in any batch and
+    at any position, and the result is a function of the resolved configuration
+    (``result.config``). ``result.diverged`` flags non-finite or exploded seeds.
     """
-    spec = get_method(method)
-    unknown = sorted(set(options) - set(spec.options))
-    if unknown:
-        raise ValueError(f"method {method!r} has no option(s) {unknown}; its options are {sorted(spec.options)}")
     _check_images(images01, prompts)
     _check_batch_size(batch_size)
-    if num_steps is not None and int(num_steps) < 1:
-        raise ValueError(f"num_steps must be a positive integer, got {num_steps}")
+    resolved = resolve(method, num_steps, **options)
+    spec = get_method(method)
 
     seeds, latents, recon, recon_latents, trajectories, infos = [], [], [], [], [], []
     starts = range(0, images01.shape[0], batch_size)
     for start in tqdm(starts, desc=f"{method} inversion", disable=not progress or len(starts) < 2):
         images = images01[start:start + batch_size]
         batch_prompts = list(prompts[start:start + batch_size])
-        z0 = encode_images(ldm, images)
+        generators = None
+        if resolved["seed"] is not None:
+            generators = [torch.Generator().manual_seed(int(resolved["seed"])) for _ in range(images.shape[0])]
+        z0 = encode_images(ldm, images, generators if resolved["posterior"] == "sample" else None)
         cond = encode_prompts(ldm, batch_prompts)
-        out = spec.invert(
-            ldm, z0, cond, num_steps, return_trajectory=return_trajectory, progress=progress,
-            generator=generator, **options,
-        )
+        out = spec.invert(ldm, z0, cond, resolved, generators=generators, return_trajectory=return_trajectory,
+                          progress=progress)
         seeds.append(_cpu32(out.seeds))
         latents.append(_cpu32(z0))
         if out.trajectory is not None:
@@ -280,15 +384,18 @@ def invert(
             recon.append(decode_latents(ldm, z0_rec))
 
     info = _merge_info(infos)
+    all_seeds = torch.cat(seeds)
     return InversionResult(
-        seeds=torch.cat(seeds),
+        seeds=all_seeds,
         latents=torch.cat(latents),
         reconstruction=torch.cat(recon) if regenerate else None,
         trajectory=torch.cat(trajectories, dim=1) if trajectories else None,
         method=method,
         info=info,
         reconstruction_latents=torch.cat(recon_latents) if regenerate else None,
+        diverged=diverged_seeds(all_seeds),
+        config=resolved,
     )
 
 
-__all__ = ["METHODS", "InversionMethod", "Inverted", "get_method", "invert"]
+__all__ = ["METHODS", "InversionMethod", "Inverted", "get_method", "invert", "resolve"]

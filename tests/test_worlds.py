@@ -162,6 +162,8 @@ def test_similarity_scores_images_against_texts(world: World):
     scores = model.similarity(reference.images, texts)
     assert scores.shape == (N, len(texts)) and torch.isfinite(scores).all()
     assert scores.abs().max() <= 1 + 1e-5
+    names = [world.concept_text(c) for c in world.known_concepts()]  # every concept's name, not only the profile's
+    assert model.similarity(reference.images, names).shape == (N, len(names))
 
 
 def test_base_model_is_loaded_once_and_sized(world: World):

@@ -47,7 +47,7 @@ from ..base import World, WorldError
 from .classifier import HEADS, ShapesClassifier, attribute_of
 from .config import resolve_config
 from .contrastive import ShapesCLIP
-from .data import BACKGROUNDS, COLOURS, SHAPES, caption, make_dataset, prompt, sample_specs
+from .data import BACKGROUND_WORDS, BACKGROUNDS, COLOURS, SHAPES, caption, make_dataset, prompt, sample_specs
 from .training import ensure_trained, load_classifier, load_contrastive, missing_stages
 
 #: A stable number per concept, for the seeds of its data (the order of the classifier's labels).
@@ -130,6 +130,12 @@ class ShapesWorld(World):
     def concept_kind(self, concept: str) -> str:
         self.check_concepts([concept])
         return attribute_of(concept)
+
+    def concept_text(self, concept: str) -> str:
+        """The words naming ``concept`` in the world's grammar: "triangle", "striped background"."""
+        if self.concept_kind(concept) == "background":
+            return f"{BACKGROUND_WORDS[concept]} background"
+        return concept
 
     def concept_prompts(self, concept: str) -> ConceptPrompts:
         head = self.concept_kind(concept)

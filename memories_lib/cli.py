@@ -3,6 +3,7 @@
     memories book [--profile NAME] [-p NAME VALUE ...]
     memories run NOTEBOOK [--profile NAME] [-p NAME VALUE ...] [-o OUT]
     memories trainings --seeds SEED ... [--profile NAME] [--chapters NAME ...]
+    memories tune-erasure [--profile NAME] [--seeds SEED ...] [--sweeps NAME ...] [--concepts NAME ...] [-n N]
     memories profiles
     memories train-mini [ARGS ...]
 
@@ -62,6 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
     trainings.add_argument("--root", default=None, help="the book's root (default: the folder holding _toc.yml)")
     trainings.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
+    tune = sub.add_parser(
+        "tune-erasure", help="run the profile's erasure sweeps (the trade-off figures of chapter 3) into the store")
+    tune.add_argument("--profile", default=DEFAULT_PROFILE, help=f"profile name or YAML path (default: {DEFAULT_PROFILE})")
+    tune.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED",
+                      help="run them on the world trained with each of these seeds (default: the profile's own; "
+                           "a world not trained yet is trained first)")
+    tune.add_argument("--sweeps", nargs="+", default=None, metavar="NAME", help="only these sweeps of the profile")
+    tune.add_argument("--concepts", nargs="+", default=None, metavar="NAME", help="only these concepts")
+    tune.add_argument("-n", type=int, default=None, help="generations per concept and point (default: the profile's)")
+    tune.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
     sub.add_parser("profiles", help="list the shipped profiles")
     sub.add_parser("train-mini", help="train the embedded mini world (arguments go to memories_lib.worlds.shapes.training.cli)",
                    add_help=False)
@@ -106,6 +118,26 @@ def _cmd_trainings(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune_erasure(args: argparse.Namespace) -> int:
+    import time
+
+    from .experiments.erasure_tuning import run_tuning
+    from .worlds import open_world
+
+    start = time.perf_counter()
+    tables = run_tuning(open_world(args.profile), args.seeds, args.sweeps, args.concepts, args.n,
+                        progress=not args.quiet)
+    for seed, table in tables.items():
+        shown = table.assign(erased=100 * table["erased"], others=100 * table["others"],
+                             others_base=100 * table["others_base"])
+        print(f"\nworld trained with seed {seed}:")
+        print(shown[["sweep", "value", "concept", "erased", "others", "others_base", "passes"]]
+              .to_string(index=False, float_format="{:.1f}".format))
+    print(f"\n{sum(len(t) for t in tables.values())} points in {time.perf_counter() - start:.0f} s; "
+          "chapter 3 reads them from the store when rebuilt")
+    return 0
+
+
 def _cmd_profiles(args: argparse.Namespace) -> int:
     from .core.profile import ProfileError, list_profiles, load_profile
 
@@ -139,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = build_parser().parse_args(argv)
         except SystemExit as exit_:  # argparse printed its usage message (or --help)
             return int(exit_.code or 0)
-        commands = {"book": _cmd_book, "run": _cmd_run, "trainings": _cmd_trainings, "profiles": _cmd_profiles}
+        commands = {"book": _cmd_book, "run": _cmd_run, "trainings": _cmd_trainings, "tune-erasure": _cmd_tune_erasure, "profiles": _cmd_profiles}
         return commands[args.command](args)
     except (ParameterError, ProfileError) as err:
         print(f"memories: error: {err}", file=sys.stderr)

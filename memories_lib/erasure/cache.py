@@ -108,7 +108,7 @@ def erase(
     path = _folder(base_hash, method, concept, full)
     if _complete(path):
         return ErasedModel(method, concept.concept, full, path=path, info=read_info(path), from_cache=True)
-    with locked(path.parent):  # one erasure at a time per cache, so two processes never compute the same model
+    with locked(path):  # two processes never compute the same model (different models go on in parallel)
         if _complete(path):  # another process finished it meanwhile
             return ErasedModel(method, concept.concept, full, path=path, info=read_info(path), from_cache=True)
         start = time.perf_counter()

@@ -280,7 +280,7 @@ def resolve_params(method: str, params: Mapping[str, Any] | None, concept: Conce
     unknown = sorted(set(params) - set(defaults))
     if unknown:
         raise ValueError(f"unknown parameter(s) {unknown} for {method}; its parameters are {sorted(defaults)}")
-    full = {**defaults, **params}
+    full = _as_declared({**defaults, **params}, spec.params)
     missing = sorted(k for k in getattr(spec.params, "REQUIRED", ()) if full[k] is None)
     if missing:
         raise ValueError(f"{method} needs the parameter(s) {missing}")
@@ -296,6 +296,16 @@ def resolve_params(method: str, params: Mapping[str, Any] | None, concept: Conce
     spec.params(**{k: v for k, v in full.items()})  # the dataclass's own checks
     full = thaw(full)
     content_key(params=full)  # a value that cannot key a cached model fails here, before any work
+    return full
+
+
+def _as_declared(full: dict[str, Any], params_class: type) -> dict[str, Any]:
+    """Whole numbers given for float settings as floats, so that ``erase_scale: 4`` and ``4.0`` (the same
+    model) share one cache key."""
+    for f in dataclasses.fields(params_class):
+        value = full.get(f.name)
+        if str(f.type).split("|")[0].strip() == "float" and isinstance(value, int) and not isinstance(value, bool):
+            full[f.name] = float(value)
     return full
 
 

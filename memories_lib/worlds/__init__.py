@@ -10,9 +10,10 @@ registered :class:`~memories_lib.worlds.base.World` of that kind:
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
-from ..core.profile import Profile, ProfileError, load_profile
+from ..core.profile import Profile, ProfileError, WorldSection, load_profile, thaw
 from .base import Detector, SimilarityModel, World, WorldError
 from .shapes.world import ShapesWorld
 from .stable_diffusion import StableDiffusionWorld
@@ -36,4 +37,21 @@ def open_world(profile: str | Path | Profile) -> World:
     return world_class(profile.world.kind)(profile)
 
 
-__all__ = ["Detector", "SimilarityModel", "WORLDS", "World", "WorldError", "open_world", "world_class"]
+def retrained(profile: str | Path | Profile, seed: int) -> Profile:
+    """``profile`` with its world trained from ``seed`` (``world.training.seed``); nothing else changes.
+
+    Only a world that this project trains (a ``world.training`` section) has a training seed.
+    """
+    if not isinstance(profile, Profile):
+        profile = load_profile(profile)
+    options = thaw(profile.world.options)
+    training = options.get("training")
+    if not isinstance(training, dict):
+        raise WorldError(f"profile {profile.name!r}: its world ({profile.world.kind}) is not trained by this "
+                         "project (no world.training section), so it has no training seed")
+    options["training"] = {**training, "seed": int(seed)}
+    return dataclasses.replace(profile, name=f"{profile.name}-train{int(seed)}",
+                               world=WorldSection(profile.world.kind, options))
+
+
+__all__ = ["Detector", "SimilarityModel", "WORLDS", "World", "WorldError", "open_world", "retrained", "world_class"]

@@ -178,6 +178,10 @@ class World(abc.ABC):
             self._base = self.load_model(self.base_model_path(progress=progress))
         return self._base
 
+    def training_seed(self) -> int | None:
+        """The seed this project trained the world's models with; None for a world it does not train."""
+        return None
+
     def generation_settings(self) -> tuple[int, float]:
         """Sampling steps and guidance scale of the world's own generations (its erased and control sets)."""
         return int(self.profile.num_inference_steps), float(self.profile.guidance_scale)

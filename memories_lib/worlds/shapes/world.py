@@ -182,6 +182,9 @@ class ShapesWorld(World):
             return path
         return ensure_trained(self.training_config, progress=progress)
 
+    def training_seed(self) -> int:
+        return int(self.training_config["seed"])
+
     def is_prepared(self) -> bool:
         return not missing_stages(self.training_config)
 

@@ -121,12 +121,23 @@ def _cmd_trainings(args: argparse.Namespace) -> int:
 def _cmd_tune_erasure(args: argparse.Namespace) -> int:
     import time
 
-    from .experiments.erasure_tuning import run_tuning
+    from .book import ParameterError
+    from .experiments.erasure_tuning import profile_sweeps, run_tuning
     from .worlds import open_world
 
     start = time.perf_counter()
-    tables = run_tuning(open_world(args.profile), args.seeds, args.sweeps, args.concepts, args.n,
-                        progress=not args.quiet)
+    world = open_world(args.profile)
+    try:  # a wrong sweep, concept, seed or count is refused before any work
+        if not profile_sweeps(world, args.sweeps):
+            raise ValueError(f"the profile {world.profile.name!r} defines no tuning sweeps (parameters.tuning)")
+        world.check_concepts(args.concepts or world.profile.concepts)
+        if args.n is not None and args.n < 1:
+            raise ValueError(f"-n must be at least 1, got {args.n}")
+        if args.seeds and world.training_seed() is None:
+            raise ValueError(f"the {world.kind} world is not trained by this project: it has no training seeds")
+    except ValueError as err:
+        raise ParameterError(str(err)) from None
+    tables = run_tuning(world, args.seeds, args.sweeps, args.concepts, args.n, progress=not args.quiet)
     for seed, table in tables.items():
         shown = table.assign(erased=100 * table["erased"], others=100 * table["others"],
                              others_base=100 * table["others_base"])

@@ -240,3 +240,25 @@ def test_console_script_reports_user_errors_without_traceback(root):
     assert done.returncode == cli.EXIT_USAGE
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("memories: error: unknown parameter 'bogus'")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--sweeps", "fmn"], "no tuning sweep"),
+        (["--concepts", "hexagon"], "unknown concept"),
+        (["-n", "0"], "-n must be at least 1"),
+    ],
+)
+def test_tune_erasure_refuses_bad_input_before_work(monkeypatch, capsys, argv, message):
+    import memories_lib.experiments.erasure_tuning as tuning
+
+    monkeypatch.setattr(tuning, "run_tuning", lambda *a, **k: pytest.fail("work started"))
+    assert cli.main(["tune-erasure", "--profile", "tiny", *argv]) == cli.EXIT_USAGE
+    assert message in capsys.readouterr().err
+
+
+def test_tune_erasure_prints_every_point(capsys):
+    assert cli.main(["tune-erasure", "--profile", "tiny", "--sweeps", "uce", "--concepts", "star", "-n", "2", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "world trained with seed 0" in out and out.count("star") == 2 and "2 points" in out

@@ -111,7 +111,7 @@ def label_accuracies(world: World, ldm: LDM, concept: str, test: PromptTest, sto
 
 
 @dataclass(frozen=True)
-class TestResult:
+class PromptTestResult:
     """A prompt test of one model and concept, beside the base model's on the same seeds and prompts."""
 
     concept: str
@@ -149,12 +149,12 @@ class TestResult:
 
 
 def prompt_test(world: World, ldm: LDM, concept: str, test: PromptTest, store: Store | None = None,
-                goal: Goal = GOAL, progress: bool = False) -> TestResult:
+                goal: Goal = GOAL, progress: bool = False) -> PromptTestResult:
     """The prompt test of ``ldm`` on ``concept`` and the base model's on the same prompts and seeds."""
     world.check_concepts([concept])
     acc = label_accuracies(world, ldm, concept, test, store, progress)
     base = label_accuracies(world, world.base_model(), concept, test, store, progress)
-    return TestResult(concept, acc, base, goal)
+    return PromptTestResult(concept, acc, base, goal)
 
 
 # --------------------------------------------------------------------------- sweeps
@@ -231,7 +231,7 @@ def _point_parts(world: World, method: str, concept: str, params: Mapping[str, A
 
 
 def tested_point(world: World, method: str, concept: str, params: Mapping[str, Any], test: PromptTest,
-                 store: Store | None = None, compute: bool = True, progress: bool = False) -> TestResult | None:
+                 store: Store | None = None, compute: bool = True, progress: bool = False) -> PromptTestResult | None:
     """The prompt test of the model ``method`` makes with ``params`` for ``concept`` (None when absent and
     ``compute`` is off). Computing erases (cached like every erased model) and judges."""
     store = store or default_store()
@@ -248,7 +248,7 @@ def tested_point(world: World, method: str, concept: str, params: Mapping[str, A
                         "erase_seconds": model.info.get("seconds")}
 
         entry = store.get_or_compute(parts, run)
-    return TestResult(concept, entry.meta["accuracies"], entry.meta["base_accuracies"])
+    return PromptTestResult(concept, entry.meta["accuracies"], entry.meta["base_accuracies"])
 
 
 def sweep_table(world: World, sweeps: Iterable[Sweep], concepts: Sequence[str], test: PromptTest,
@@ -297,8 +297,10 @@ def closest_point(table: pd.DataFrame, goal: Goal = GOAL) -> pd.Series:
 
 
 def tuning_images(world: World) -> int:
-    """Generations per concept of a sweep point: the profile's ``tuning_images`` (default 54)."""
-    return int(world.profile.parameters.get("tuning_images", 54))
+    """Generations per concept of a sweep point: the profile's ``images_per_concept`` (else 8 x ``num_images``),
+    the number chapter 3 judges every erased model with, so that its table and the sweeps share their tests."""
+    parameters = world.profile.parameters
+    return int(parameters.get("images_per_concept") or 8 * int(parameters.get("num_images", 8)))
 
 
 def training_worlds(world: World, seeds: Sequence[int] | None) -> dict[int, World]:

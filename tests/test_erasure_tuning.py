@@ -1,0 +1,136 @@
+"""The erasure sweeps: the goal on planted numbers, sweep validation, and a sweep through the store on `tiny`."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from memories_lib.experiments import erasure_tuning as tuning
+from memories_lib.experiments.erasure_tuning import GOAL, Goal, PromptTest, Sweep, PromptTestResult
+from memories_lib.worlds import WorldError, open_world, retrained
+
+
+@pytest.mark.parametrize(
+    "erased, others, others_base, met",
+    [
+        (0.05, 0.80, 0.82, True),    # below 10%, others lose 2 points
+        (0.10, 0.80, 0.82, False),   # 10% is not below 10%
+        (0.09, 0.76, 0.82, False),   # others lose 6 points
+        (0.09, 0.77, 0.82, True),    # exactly 5 points is within 5
+        (0.00, 0.95, 0.82, True),    # others may improve
+        (float("nan"), 0.9, 0.9, False),
+    ],
+)
+def test_goal_on_planted_numbers(erased, others, others_base, met):
+    assert GOAL.met(erased, others, others_base) is met
+
+
+def test_goal_can_be_stricter():
+    assert not Goal(erased_below=0.02).met(0.05, 0.9, 0.9)
+    assert "fewer than 10%" in GOAL.describe() and "within 5 points" in GOAL.describe()
+
+
+def test_test_result_reads_erased_and_others():
+    r = PromptTestResult("triangle", {"triangle": 0.05, "circle": 0.8, "star": 0.6},
+                   {"triangle": 0.9, "circle": 0.8, "star": 0.7})
+    assert r.erased == 0.05 and r.others == pytest.approx(0.7) and r.others_base == pytest.approx(0.75)
+    assert r.passes  # 0.70 >= 0.75 - 0.05
+    assert not PromptTestResult("triangle", {"triangle": 0.05, "circle": 0.6, "star": 0.6},
+                          {"triangle": 0.9, "circle": 0.8, "star": 0.7}).passes
+
+
+def test_sweep_values_must_increase_and_not_be_fixed():
+    assert Sweep("uce", "uce", "erase_scale", [1, 2, 4]).params(2) == {"erase_scale": 2}
+    with pytest.raises(ValueError, match="must increase"):
+        Sweep("uce", "uce", "erase_scale", [4, 2])
+    with pytest.raises(ValueError, match="must increase"):
+        Sweep("uce", "uce", "erase_scale", [1, 1])
+    with pytest.raises(ValueError, match="no values"):
+        Sweep("uce", "uce", "erase_scale", [])
+    with pytest.raises(ValueError, match="both varies and fixes"):
+        Sweep("uce", "uce", "erase_scale", [1], {"erase_scale": 2})
+    with pytest.raises(ValueError, match="unknown key"):
+        Sweep.from_mapping("uce", {"method": "uce", "strength": "erase_scale", "values": [1], "step": 2})
+
+
+def test_closest_point_prefers_the_goal_then_the_others():
+    table = pd.DataFrame({
+        "erased": [0.30, 0.05, 0.05, 0.12],
+        "others": [0.85, 0.70, 0.80, 0.84],
+        "others_base": [0.85] * 4,
+    })
+    assert tuning.closest_point(table).name == 2            # meets the goal
+    assert tuning.closest_point(table.drop(index=2)).name == 3  # 2 points short of erased, none of others
+    with pytest.raises(ValueError):
+        tuning.closest_point(table.iloc[:0])
+
+
+def test_profile_sweeps_are_checked_before_any_work():
+    world = open_world("tiny")
+    sweeps = tuning.profile_sweeps(world)
+    assert [s.name for s in sweeps] == ["uce", "esd-x"]
+    with pytest.raises(ValueError, match="no tuning sweep"):
+        tuning.profile_sweeps(world, ["fmn"])
+
+
+def test_retrained_changes_the_training_seed_only():
+    profile = open_world("tiny").profile
+    other = retrained(profile, 5)
+    assert open_world(other).training_seed() == 5 and open_world(profile).training_seed() == 0
+    assert other.erased_models == profile.erased_models and other.name == "tiny-train5"
+
+
+def test_retrained_needs_a_trained_world():
+    import dataclasses
+
+    from memories_lib.core.profile import WorldSection
+
+    profile = open_world("tiny").profile
+    untrained = dataclasses.replace(profile, world=WorldSection("stable-diffusion", {"model": "somewhere"}))
+    with pytest.raises(WorldError, match="no training seed"):
+        retrained(untrained, 1)
+
+
+def test_sweep_through_the_store(tmp_path, monkeypatch):
+    """Computed once; read back with compute off (nothing erased or generated again); bookkeeping right."""
+    world = open_world("tiny")
+    sweeps = [Sweep("uce", "uce", "erase_scale", [1, 4])]
+    test = PromptTest.of(world, 3)
+    assert tuning.missing_points(world, sweeps, ["triangle"], test) == 2
+    assert tuning.sweep_table(world, sweeps, ["triangle"], test, compute=False, progress=False).empty
+    table = tuning.sweep_table(world, sweeps, ["triangle"], test, progress=False)
+    assert list(table["value"]) == [1, 4] and list(table["step"]) == [0, 1]
+    assert tuning.missing_points(world, sweeps, ["triangle"], test) == 0
+    for row in table.itertuples():
+        assert 0 <= row.erased <= 1 and 0 <= row.others <= 1
+        assert row.passes == GOAL.met(row.erased, row.others, row.others_base)
+    import memories_lib.experiments.erasure_tuning as module
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a stored point was computed again")
+
+    monkeypatch.setattr(module, "erase", fail)
+    monkeypatch.setattr(module, "prompt_test", fail)
+    again = tuning.sweep_table(world, sweeps, ["triangle"], test, compute=False, progress=False)
+    pd.testing.assert_frame_equal(again, table)
+    # the point at the profile's own settings is the chapter's erased model's test
+    direct = tuning.tested_point(world, "uce", "triangle", {"erase_scale": 1.0}, test, compute=False)
+    assert direct is not None and math.isclose(direct.erased, table["erased"].iloc[0])
+
+
+def test_prompt_test_uses_the_same_seeds_for_every_model():
+    world = open_world("tiny")
+    test = PromptTest.of(world, 2)
+    base = world.base_model()
+    result = tuning.prompt_test(world, base, "triangle", test)
+    assert dict(result.accuracies) == dict(result.base_accuracies)  # the base model against itself
+    assert set(result.accuracies) == {"triangle", *world.rivals("triangle")}
+
+
+def test_prompt_test_validates():
+    with pytest.raises(ValueError, match="n >= 1"):
+        PromptTest(0, 0, 10, 1.0)
+    with pytest.raises(ValueError, match="num_steps"):
+        PromptTest(2, 0, 0, 1.0)

@@ -48,7 +48,7 @@ from .classifier import HEADS, ShapesClassifier, attribute_of
 from .config import resolve_config
 from .contrastive import ShapesCLIP
 from .data import BACKGROUND_WORDS, BACKGROUNDS, COLOURS, SHAPES, caption, make_dataset, prompt, sample_specs
-from .training import ensure_trained, load_classifier, load_contrastive, missing_stages
+from .training import STAGES, ensure_trained, load_classifier, load_contrastive, missing_stages
 
 #: A stable number per concept, for the seeds of its data (the order of the classifier's labels).
 CONCEPT_IDS: tuple[str, ...] = SHAPES + BACKGROUNDS
@@ -186,7 +186,9 @@ class ShapesWorld(World):
         return int(self.training_config["seed"])
 
     def is_prepared(self) -> bool:
-        return not missing_stages(self.training_config)
+        # A random base model is built in seconds from its seed: then only the trained judges count.
+        stages = STAGES if self.spec.base_model == "trained" else ("classifier", "contrastive")
+        return not missing_stages(self.training_config, stages)
 
     def detector(self) -> ShapesClassifier:
         if "detector" not in self._judges:

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from memories_lib.experiments.verdict import PAPER_LARGEST_RD, add_vanilla_differences, verdict
+from memories_lib.experiments.verdict import (PAPER_LARGEST_RD, TEST_TOPIC, add_vanilla_differences, results_tables,
+                                              verdict)
 
 
 def row(model, concept, acc, psnr, w2_50=1.5, rd_emd=1.2, unstable=False, n_e=8, diverged=0, **extra):
@@ -42,7 +43,29 @@ def test_a_model_above_ten_percent_is_named_and_not_called_unreachable():
     assert v.not_held == [("esd", "star")] and v.unreachable == [("uce", "star")]
     together = v.finding("Together").text
     assert "For uce on star" in together and "cannot be said of esd on star" in together
-    assert "35%" in v.finding("Erasure by name").text
+    assert "35%" in v.finding(TEST_TOPIC).text
+
+
+def test_a_model_that_loses_the_other_concepts_fails_the_prompt_test_and_is_left_out():
+    """With the prompt test's columns, a pair below 10% that took the other concepts down fails; its
+    numbers stay in the tables and out of the regeneration and likelihood reading."""
+    test = {"others_base": 0.85}
+    v = verdict(table(row("vanilla", "star", 0.9, 27.0, others_accuracy=0.85, passes=np.nan, **test),
+                      row("uce", "star", 0.05, 26.5, w2_50=2.1, others_accuracy=0.83, passes=True, **test),
+                      row("esd", "star", 0.02, 26.8, w2_50=9.0, others_accuracy=0.55, passes=False, **test)))
+    assert v.held == [("uce", "star")] and v.not_held == [("esd", "star")]
+    assert v.unreachable == [("uce", "star")]
+    prompt = v.finding(TEST_TOPIC).text
+    assert "1 of 2 erased pairs pass" in prompt and "esd on star (others 55% against 85%)" in prompt
+    likelihood = v.finding("Likelihood")
+    assert likelihood.data["n"] == 1 and likelihood.data["largest_w2_50"] == 2.1  # esd's 9.0 is not read
+    assert v.finding("Regeneration").data["gaps"].keys() == {("uce", "star")}
+    assert "cannot be said of esd on star: they fail the prompt test" in v.finding("Together").text
+    cells = results_tables(add_vanilla_differences(
+        table(row("vanilla", "star", 0.9, 27.0, others_accuracy=0.85, passes=np.nan, **test),
+              row("esd", "star", 0.02, 26.8, others_accuracy=0.55, passes=False, **test))))["models"]
+    assert cells.loc[("esd", "star"), "prompt test"] == "2%, others 55%: FAILS"
+    assert cells.loc[("vanilla", "star"), "prompt test"] == "90%, others 85%"
 
 
 def test_no_erased_model_below_ten_percent_claims_nothing_unreachable():

@@ -8,8 +8,12 @@ computed from the table, and the rules below are tested on planted tables.
 
 The rules:
 
-* **Erasure by name** holds for a (model, concept) pair when the detector finds the concept in fewer
-  than :data:`ACCURACY_HELD` (10%) of the generations from prompts naming it.
+* **The prompt test** (chapter "Erasing concepts"): a (model, concept) pair *passes* when the table's
+  ``passes`` column says so (the erased concept in fewer than 10% of generations from prompts naming it
+  and the other concepts of its kind within 5 points of the base model, see
+  :mod:`~memories_lib.experiments.erasure_tuning`); a table without that column falls back to the first
+  half, ``prompt_accuracy`` below :data:`ACCURACY_HELD` (10%). Pairs that fail are named, stay in the
+  tables, and are left out of every statement below: the paper's claim is about models that pass.
 * **The memory persists** for a pair when its regenerations from inverted seeds are within
   :data:`PSNR_TOLERANCE_DB` (2 dB) of the unerased model's on the same images, or, without the unerased
   model in the run, of the same model's regenerations of the reference set.
@@ -47,6 +51,9 @@ PAPER_LARGEST_RD = 2.49
 #: The paper's bound on every relative distance it reports (same variant).
 PAPER_BOUND_RD = 2.5
 
+#: The title of the verdict's finding on the prompt test.
+TEST_TOPIC = "The prompt test"
+
 #: The ratios beside which the chapter reports "erased minus vanilla".
 DIFFERENCE_COLUMNS = ("rd_emd", "rd_w2_50", "rd_ctrl_emd")
 
@@ -67,9 +74,9 @@ class Verdict:
     """The findings in order, and the pairs each rule put where (model, concept)."""
 
     findings: list[Finding]
-    held: list[Pair]            # erasure by name holds (accuracy < 10%)
+    held: list[Pair]            # passes the prompt test (or, without its columns, accuracy < 10%)
     uninformative: list[Pair]   # ... but the unerased model does not draw the concept by name either
-    not_held: list[Pair]        # it does not (accuracy >= 10%)
+    not_held: list[Pair]        # fails it: shown in the tables, left out of every reading
     persists: list[Pair]        # regenerations within the PSNR tolerance
     unreachable: list[Pair]     # held and persists: "no longer reachable from its name"
     no_seeds: list[Pair]        # no finite seed in E: not judged
@@ -152,11 +159,15 @@ def verdict(table: pd.DataFrame, vanilla: str = VANILLA) -> Verdict:
         findings.append(Finding("Diverged seeds", text, {"diverged": total_diverged, "no_seeds": no_seeds}))
     judged = erased.loc[[k for k in erased.index if k not in no_seeds]]
 
-    # -- erasure by name
+    # -- the prompt test: only the pairs that pass are read below
     accuracy = erased["prompt_accuracy"]
     measured = accuracy.dropna()
-    held = [k for k in measured.index if measured[k] < ACCURACY_HELD]
-    not_held = [k for k in measured.index if measured[k] >= ACCURACY_HELD]
+    has_test = "passes" in erased.columns
+    if has_test:
+        held = [k for k in measured.index if bool(erased.loc[k, "passes"])]
+    else:
+        held = [k for k in measured.index if measured[k] < ACCURACY_HELD]
+    not_held = [k for k in measured.index if k not in held]
     # a low accuracy means nothing where the unerased model does not reach the concept by name either
     uninformative = [(m, c) for m, c in held if has_vanilla and (vanilla, c) in table.index
                      and not table.loc[(vanilla, c), "prompt_accuracy"] >= ACCURACY_HELD]
@@ -168,9 +179,26 @@ def verdict(table: pd.DataFrame, vanilla: str = VANILLA) -> Verdict:
             parts.append(f"The unerased model draws the concept in {vanilla_accuracy}% "
                          "of generations from prompts naming it.")
         parts.append(f"The erased models draw it in {_range(accuracy * 100, '{:.0f}')}%.")
-        parts.append(f"Erasure by name holds (below {ACCURACY_HELD:.0%}) for {_pairs(held)}"
-                     + (f"; it does not for {_pairs(not_held)} ("
-                        + ", ".join(f"{accuracy[k]:.0%}" for k in not_held) + ")." if not_held else "."))
+        if has_test:
+            def why(k: Pair) -> str:
+                r = erased.loc[k]
+                reasons = []
+                if r["prompt_accuracy"] >= ACCURACY_HELD:
+                    reasons.append(f"concept in {r['prompt_accuracy']:.0%}")
+                if "others_accuracy" in r and r["others_accuracy"] < r.get("others_base", np.nan) - 0.05:
+                    reasons.append(f"others {r['others_accuracy']:.0%} against {r['others_base']:.0%}")
+                return f"{k[0]} on {k[1]} ({', '.join(reasons) or 'fails'})"
+
+            parts.append(f"{len(held)} of {len(measured)} erased pairs pass the prompt test (the concept below "
+                         f"{ACCURACY_HELD:.0%}, the other concepts of its kind within 5 points of the base model): "
+                         f"{_pairs(held)}.")
+            if not_held:
+                parts.append("Failing, shown in the tables but left out of everything below: "
+                             + "; ".join(why(k) for k in not_held) + ".")
+        else:
+            parts.append(f"Erasure by name holds (below {ACCURACY_HELD:.0%}) for {_pairs(held)}"
+                         + (f"; it does not for {_pairs(not_held)} ("
+                            + ", ".join(f"{accuracy[k]:.0%}" for k in not_held) + ")." if not_held else "."))
         if uninformative:
             concepts = sorted({c for _, c in uninformative})
             parts.append(f"The unerased model itself draws {', '.join(concepts)} in under {ACCURACY_HELD:.0%} of "
@@ -178,9 +206,10 @@ def verdict(table: pd.DataFrame, vanilla: str = VANILLA) -> Verdict:
         unmeasured = [k for k in accuracy.index if k not in measured.index]
         if unmeasured:
             parts.append(f"Not measured for {_pairs(unmeasured)}.")
-        findings.append(Finding("Erasure by name", " ".join(parts), {"held": held, "not_held": not_held}))
+        findings.append(Finding(TEST_TOPIC, " ".join(parts), {"held": held, "not_held": not_held}))
     else:
-        findings.append(Finding("Erasure by name", "No erased model is in this run: there is nothing to judge."))
+        findings.append(Finding(TEST_TOPIC, "No erased model is in this run: there is nothing to judge."))
+    judged = judged.loc[[k for k in judged.index if k in held]]  # the memory is read on passing models only
 
     # -- regeneration (PSNR) against the unerased model, or the model's own R
     persists: list[Pair] = []
@@ -209,7 +238,8 @@ def verdict(table: pd.DataFrame, vanilla: str = VANILLA) -> Verdict:
         findings.append(Finding("Regeneration", text, {"gaps": gaps, "persists": persists}))
 
     # -- likelihood, like with like
-    unstable = [k for k in table.index if bool(table.loc[k, "unstable"]) and k not in no_seeds]
+    unstable = [k for k in table.index if bool(table.loc[k, "unstable"]) and k not in no_seeds
+                and (k[0] == vanilla or k in held)]
     readable = judged.loc[[k for k in judged.index if k not in unstable]]
     if len(judged):
         parts = []
@@ -258,8 +288,10 @@ def verdict(table: pd.DataFrame, vanilla: str = VANILLA) -> Verdict:
                          "found by inversion still regenerate it: the concept is no longer reachable from its name, "
                          "but it is not forgotten.")
         if not_held:
-            parts.append(f"This cannot be said of {_pairs(not_held)}: prompts naming the concept still produce it "
-                         f"(at least {ACCURACY_HELD:.0%} of generations), so erasure by name does not hold there.")
+            parts.append(f"This cannot be said of {_pairs(not_held)}: "
+                         + ("they fail the prompt test, so the claim does not apply there." if has_test else
+                            f"prompts naming the concept still produce it (at least {ACCURACY_HELD:.0%} of "
+                            "generations), so erasure by name does not hold there."))
         if uninformative:
             parts.append(f"No claim of unreachability is made for {_pairs(uninformative)}: the unerased model "
                          f"does not draw the concept from prompts naming it either (below {ACCURACY_HELD:.0%}), so "
@@ -306,6 +338,17 @@ def _signed(value: Any) -> str:
     return "0.00" if float(text) == 0 else text
 
 
+def _prompt_test_cell(r: pd.Series) -> str:
+    """The concept's share of prompt generations, the others' beside the base model's, and the verdict."""
+    text = _num(_get(r, "prompt_accuracy") * 100, 0, "%")
+    if np.isfinite(_get(r, "others_accuracy")):
+        text += f", others {_num(_get(r, 'others_accuracy') * 100, 0, '%')}"
+    passes = r.get("passes")
+    if passes is not None and not (isinstance(passes, float) and np.isnan(passes)):
+        text += ": passes" if bool(passes) else ": FAILS"
+    return text
+
+
 def results_tables(table: pd.DataFrame, vanilla: str = VANILLA) -> dict[str, pd.DataFrame]:
     """The chapter's tables as text cells (no NaN, no True/False: "–" or words), at most 7 columns each.
 
@@ -323,7 +366,7 @@ def results_tables(table: pd.DataFrame, vanilla: str = VANILLA) -> dict[str, pd.
         parts = [f"{k.upper()} {int(r[f'diverged_{k}'])}" for k in ("e", "r", "c")
                  if f"diverged_{k}" in r and int(r.get(f"diverged_{k}", 0) or 0)]
         models[key] = {
-            "prompt acc.": _num(_get(r, "prompt_accuracy") * 100, 0, "%"),
+            "prompt test": _prompt_test_cell(r),
             "PSNR E [dB]": _num(r.get("psnr"), 1),
             "PSNR VAE [dB]": _num(r.get("vae_psnr"), 1),
             "NLL E / R": f"{_num(r.get('nll'), 1)} / {_num(r.get('ref_nll'), 1)}",

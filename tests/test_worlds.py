@@ -203,3 +203,27 @@ def test_chapter_4_runs_end_to_end_in_the_tiny_stable_diffusion_world(tmp_path):
     assert "church" in text and "van_gogh" in text
     for column in ("d(E,R_ctrl) EMD", "W2, 50 N", "diverged", "regen. detected"):
         assert column in text, f"the chapter's tables have no column {column!r}"
+
+
+def test_shapes_guides_replace_the_concept_by_its_kinds_anchor():
+    import dataclasses
+
+    from memories_lib.core.profile import WorldSection, thaw
+
+    tiny = open_world("tiny")
+    cp = tiny.concept_prompts("triangle")
+    assert dict(zip(cp.prompts, cp.guides))["a red triangle on a striped background"] == \
+        "a red circle on a striped background"
+    assert dict(zip(*(lambda c: (c.prompts, c.guides))(tiny.concept_prompts("circle"))))["a circle"] == "a square"
+    stripes = tiny.concept_prompts("stripes")
+    assert dict(zip(stripes.prompts, stripes.guides))["a star on a striped background"] == "a star on a plain background"
+    assert all("triangle" not in g for g in cp.guides) and len(cp.guides) == len(cp.prompts)
+
+    def with_guides(rule):
+        options = {**thaw(tiny.profile.world.options), "guides": rule}
+        return open_world(dataclasses.replace(tiny.profile, world=WorldSection("shapes", options)))
+
+    left_out = with_guides("left-out").concept_prompts("triangle")
+    assert dict(zip(left_out.prompts, left_out.guides))["a red triangle"] == "a red shape"
+    with pytest.raises(ValueError, match="guides must be one of"):
+        with_guides("nearest")

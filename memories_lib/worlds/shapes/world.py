@@ -20,9 +20,15 @@ Image sets, as chapter 4 of the book uses them:
 Concept prompts (what an erasure method receives) are every caption of the world's grammar that
 names the concept: for "triangle", "a triangle", "a red triangle", "a triangle on a striped
 background", ... (28 prompts); for "stripes" every caption with a striped background (42). The
-guide of a prompt is the same caption with the concept left out ("a red shape on a striped
-background", "a red triangle"), so the erased concept gives way to an unspecified one and
-everything else the prompt asks for stays. The prompts kept are those of the other concepts of
+guide of a prompt (UCE's target) is the same caption with the concept replaced by its kind's
+*anchor*, the plainest member of the kind: a circle for a shape, a plain background for a pattern
+("a red circle on a striped background", "a red triangle on a plain background"; the anchor of
+circle is square, of plain dots), so the erased concept gives way to a neutral one and everything
+else the prompt asks for stays. This plays the role of the official UCE guides for Stable
+Diffusion ("art" for a style): a concept left out of the caption is no guide in this world,
+because the model then draws any member of the kind, the erased concept among them, at the rate
+it draws it unasked. The profile's ``world.guides: left-out`` keeps that rule ("a red shape on a
+striped background", "a red triangle") as a named setting. The prompts kept are those of the other concepts of
 the same kind. The official UCE and ESD scripts expand a concept into several prompts in the
 same spirit (templates such as "image of {concept}"); here the grammar is small enough to take
 all of it.
@@ -56,6 +62,12 @@ CONCEPT_IDS: tuple[str, ...] = SHAPES + BACKGROUNDS
 #: The heads of the classifier whose labels are concepts (colour is an attribute, not a concept).
 CONCEPT_HEADS: tuple[str, ...] = ("shape", "background")
 
+#: The anchor of each kind (the guide's concept), and the one used when the anchor itself is erased.
+ANCHORS: dict[str, tuple[str, str]] = {"shape": ("circle", "square"), "background": ("plain", "dots")}
+
+#: How a concept prompt's guide is made: the concept replaced by its kind's anchor, or left out.
+GUIDE_RULES: tuple[str, ...] = ("anchor", "left-out")
+
 BASE_MODELS = ("trained", "random")
 
 
@@ -67,31 +79,43 @@ class ShapesSpec:
                 overrides; ``memories_lib.worlds.shapes.config``);
     base_model: ``trained`` (the world's own LDM) or ``random`` (a tiny random-weight LDM of the
                 same classes, built from ``model_seed``; its numbers are not to be interpreted);
-    model_seed: the seed of the random base model.
+    model_seed: the seed of the random base model;
+    guides:     how the guide of a concept prompt is made: ``anchor`` (the concept replaced by its
+                kind's anchor, the default) or ``left-out`` (see the module docstring).
     """
 
     training: Mapping[str, Any] = field(default_factory=lambda: {"preset": "full"})
     base_model: str = "trained"
     model_seed: int = 0
+    guides: str = "anchor"
 
     def __post_init__(self) -> None:
         if self.base_model not in BASE_MODELS:
             raise ValueError(f"base_model must be one of {BASE_MODELS}, got {self.base_model!r}")
+        if self.guides not in GUIDE_RULES:
+            raise ValueError(f"guides must be one of {GUIDE_RULES}, got {self.guides!r}")
         resolve_config(thaw(self.training))  # an unknown preset or key fails when the profile is opened
 
 
-def _captions(head: str, label: str | None) -> list[str]:
-    """Every caption whose ``head`` slot is ``label`` (None: left out), the other slots free."""
+def _slots(head: str, label: str | None) -> list[dict[str, str | None]]:
+    """Every caption's slots whose ``head`` slot is ``label`` (None: left out), the other slots free."""
     options: dict[str, list[str | None]] = {
         "shape": [None, *SHAPES], "colour": [None, *COLOURS], "background": [None, *BACKGROUNDS],
     }
     options[head] = [label]
-    return [
-        prompt(shape, colour, background)
-        for shape in options["shape"]
-        for background in options["background"]
-        for colour in options["colour"]
-    ]
+    return [{"shape": shape, "colour": colour, "background": background}
+            for shape in options["shape"] for background in options["background"] for colour in options["colour"]]
+
+
+def _captions(head: str, label: str | None) -> list[str]:
+    """Every caption whose ``head`` slot is ``label`` (None: left out), the other slots free."""
+    return [prompt(**slots) for slots in _slots(head, label)]
+
+
+def anchor_of(concept: str) -> str:
+    """The anchor that replaces ``concept`` in its guides: circle (square for circle), plain (dots for plain)."""
+    first, second = ANCHORS[attribute_of(concept)]
+    return second if concept == first else first
 
 
 class ShapesWorld(World):
@@ -140,7 +164,9 @@ class ShapesWorld(World):
     def concept_prompts(self, concept: str) -> ConceptPrompts:
         head = self.concept_kind(concept)
         preserve = [p for other in self.rivals(concept) for p in _captions(head, other)]
-        return ConceptPrompts(concept, tuple(_captions(head, concept)), tuple(_captions(head, None)), tuple(preserve))
+        replacement = anchor_of(concept) if self.spec.guides == "anchor" else None
+        guides = [prompt(**{**slots, head: replacement}) for slots in _slots(head, concept)]
+        return ConceptPrompts(concept, tuple(_captions(head, concept)), tuple(guides), tuple(preserve))
 
     def naming_prompts(self, concept: str, n: int) -> list[str]:
         """``n`` full captions naming ``concept``, cycling through the attributes they leave free."""

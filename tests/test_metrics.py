@@ -9,6 +9,7 @@ from scipy import stats
 
 from memories_lib.core.metrics import (
     NLLGaussian,
+    NLLReference,
     coefficient_of_variation,
     cosine_distance,
     emd,
@@ -20,7 +21,7 @@ from memories_lib.core.metrics import (
     psnr,
     reference_nll,
     relative_distance,
-    relative_distance_ci,
+    relative_distance_interval,
 )
 
 
@@ -161,7 +162,8 @@ def nll_sets():
 def test_identical_sets_have_relative_distance_exactly_one(nll_sets, distance):
     d, _, r, ref = nll_sets
     assert relative_distance(r, r, ref, distance) == 1.0
-    assert relative_distance_ci(r, r.copy(), d, 100, gen(0), n_boot=50, distance=distance).value == 1.0
+    big = NLLReference.draw(d, 2000, gen(0))
+    assert relative_distance_interval(r, r.copy(), big, gen(0), n_boot=50, distance=distance).value == 1.0
 
 
 @pytest.mark.parametrize("distance", ["emd", "w2"])
@@ -184,7 +186,7 @@ def test_unknown_distance_names_the_choices(nll_sets):
     with pytest.raises(ValueError, match=r"\['emd', 'w2'\]"):
         relative_distance(e, r, ref, "kl")
     with pytest.raises(ValueError, match=r"\['emd', 'w2'\]"):
-        relative_distance_ci(e, r, d, 50, gen(0), distance="wasserstein")
+        relative_distance_interval(e, r, NLLReference.draw(d, 50, gen(0)), gen(0), distance="wasserstein")
 
 
 def test_relative_distance_refuses_a_reference_set_equal_to_n(nll_sets):
@@ -196,33 +198,36 @@ def test_relative_distance_refuses_a_reference_set_equal_to_n(nll_sets):
 @pytest.mark.parametrize("distance", ["emd", "w2"])
 def test_bootstrap_interval_contains_the_estimate_and_is_deterministic(nll_sets, distance):
     d, e, r, _ = nll_sets
-    a = relative_distance_ci(e, r, d, 200, gen(7), n_boot=300, distance=distance)
-    assert a == relative_distance_ci(e, r, d, 200, gen(7), n_boot=300, distance=distance)
-    assert a != relative_distance_ci(e, r, d, 200, gen(8), n_boot=300, distance=distance)
+    ref = NLLReference.draw(d, 2000, gen(1))
+    a = relative_distance_interval(e, r, ref, gen(7), n_boot=300, distance=distance)
+    assert a == relative_distance_interval(e, r, ref, gen(7), n_boot=300, distance=distance)
+    assert a != relative_distance_interval(e, r, ref, gen(8), n_boot=300, distance=distance)
     assert a.low <= a.value <= a.high
     assert a.low < a.high
     assert a.value > 1  # E was shifted away from N, R was not
-    assert (a.distance, a.n_boot, a.level, a.n_reference) == (distance, 300, 0.95, 200)
-    # the point estimate is the plain ratio against the same seeded reference sample
-    assert a.value == pytest.approx(relative_distance(e, r, reference_nll(d, 200, gen(7)), distance))
+    assert (a.distance, a.n_boot, a.level, a.n_reference) == (distance, 300, 0.95, 2000)
+    # the point estimate is the plain ratio against the fixed reference (the bootstrap does not move it)
+    assert a.value == pytest.approx(relative_distance(e, r, ref.values, distance))
 
 
 def test_narrower_level_gives_a_narrower_interval(nll_sets):
     d, e, r, _ = nll_sets
-    wide = relative_distance_ci(e, r, d, 200, gen(7), n_boot=300, level=0.95)
-    narrow = relative_distance_ci(e, r, d, 200, gen(7), n_boot=300, level=0.5)
+    ref = NLLReference.draw(d, 2000, gen(1))
+    wide = relative_distance_interval(e, r, ref, gen(7), n_boot=300, level=0.95)
+    narrow = relative_distance_interval(e, r, ref, gen(7), n_boot=300, level=0.5)
     assert wide.value == narrow.value
     assert wide.low <= narrow.low <= narrow.high <= wide.high
     with pytest.raises(ValueError, match="level"):
-        relative_distance_ci(e, r, d, 200, gen(7), level=95)
+        relative_distance_interval(e, r, ref, gen(7), level=95)
 
 
 def test_no_hidden_global_randomness():
+    ref = NLLReference.draw(16, 20, gen(2))
     torch.manual_seed(0)
-    a = relative_distance_ci([1.0, 2.0, 3.0], [0.5, 1.5], 16, 20, gen(3), n_boot=20)
+    a = relative_distance_interval([1.0, 2.0, 3.0], [0.5, 1.5], ref, gen(3), n_boot=20)
     torch.manual_seed(123)
     np.random.seed(123)
-    b = relative_distance_ci([1.0, 2.0, 3.0], [0.5, 1.5], 16, 20, gen(3), n_boot=20)
+    b = relative_distance_interval([1.0, 2.0, 3.0], [0.5, 1.5], ref, gen(3), n_boot=20)
     assert a == b
 
 

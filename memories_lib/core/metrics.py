@@ -203,54 +203,6 @@ class RelativeDistance:
     n_reference: int = 0
 
 
-def relative_distance_ci(
-    nll_e: ArrayLike,
-    nll_r: ArrayLike,
-    d: int,
-    n_reference: int,
-    generator: torch.Generator,
-    n_boot: int = 1000,
-    level: float = 0.95,
-    distance: str = "emd",
-) -> RelativeDistance:
-    """Relative distance against a seeded N(0, I_d) reference sample, with a bootstrap interval.
-
-    The point estimate uses E, R and ``n_reference`` reference NLLs drawn from ``generator``.
-    The interval is the percentile bootstrap: ``n_boot`` times, E, R and the reference sample are
-    each resampled with replacement and the ratio recomputed; ``low`` and ``high`` are the
-    ``(1 - level)/2`` and ``(1 + level)/2`` quantiles of those ratios. The resampling indices come
-    from the same generator, so a seeded generator gives a deterministic result.
-
-    Caveat: when R lies close to N, D(R, N) is small and resampling adds noise that inflates it,
-    so the bootstrap ratios lean low and the point estimate can sit near the top of the interval.
-    """
-    fn = _distance_fn(distance)
-    if not 0 < level < 1:
-        raise ValueError(f"level must lie in (0, 1), got {level}")
-    n_boot = _positive_int(n_boot, "n_boot")
-    e, r = _as_1d(nll_e, "nll_e"), _as_1d(nll_r, "nll_r")
-    ref = reference_nll(d, n_reference, generator)
-    value = relative_distance(e, r, ref, distance)
-
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
-    rng = np.random.default_rng(seed)
-    ratios = np.empty(n_boot)
-    for i in range(n_boot):
-        eb, rb, nb = (rng.choice(s, s.size) for s in (e, r, ref))
-        denominator = fn(rb, nb)
-        ratios[i] = fn(eb, nb) / denominator if denominator > 0 else np.inf
-    low, high = np.quantile(ratios, [(1 - level) / 2, (1 + level) / 2])
-    return RelativeDistance(
-        value=float(value),
-        low=float(low),
-        high=float(high),
-        distance=distance,
-        n_boot=n_boot,
-        level=float(level),
-        n_reference=int(n_reference),
-    )
-
-
 # --------------------------------------------------------------------------- seed geometry
 
 
@@ -434,7 +386,10 @@ def relative_distance_interval(
     error of sets of tens or hundreds of images, which the percentile bootstrap (E and R resampled
     with replacement ``n_boot`` times, indices from ``generator``) does capture. A small shared
     reference (1000 seeds) instead moves every row's estimate together by several percent, an error
-    no per-row interval shows. Same caveat as :func:`relative_distance_ci` when R lies close to N.
+    no per-row interval shows.
+
+    Caveat: when R lies close to N, D(R, N) is small and resampling R adds noise that inflates it,
+    so the bootstrap ratios lean low and the point estimate can sit near the top of the interval.
     """
     if not 0 < level < 1:
         raise ValueError(f"level must lie in (0, 1), got {level}")

@@ -3,8 +3,9 @@
 A config is a plain nested dict (it lives in a shapes-world profile's ``world.training``). It
 may name a preset, ``{"preset": "full"}``, and override any of its values
 (``{"preset": "full", "unet": {"steps": 3000}}``). :func:`resolve_config` returns the
-complete dict; the training cache is keyed by it (``training.cache``), so two spellings of
-the same config share one cache folder.
+complete dict; each trained model is cached under a key made of the sections of it that its
+training reads (``training.cache.STAGE_DEPENDS``), so two spellings of the same config share
+their cache folders.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ def world(request, tmp_path_factory) -> World:
 
 
 def _borrow_trained_world(world: World) -> None:
-    """Link the user's trained shapes world (each stage's folder) into the tests' cache, if it is all there (it is only read)."""
+    """Link each stage of the user's trained shapes world into the tests' cache, if all are there (only read)."""
     config = world.training_config
     folders = [stage_path(config, s) for s in STAGES]
     trained = [USER_CACHE / folder.relative_to(cache_dir()) for folder in folders]

@@ -89,7 +89,7 @@ def training_report(config: Config) -> dict[str, dict[str, Any]]:
 
 def write_stage(target: Path, write: Callable[[Path], None], metrics: Mapping[str, Any],
                 parts: Mapping[str, Any]) -> Path:
-    """Write a stage atomically: ``write(tmp)`` puts the weights into a fresh folder, metrics and key parts go beside them."""
+    """Write a stage atomically: ``write(tmp)`` puts the weights into a fresh folder; metrics and key parts go beside."""
 
     def write_with_metrics(tmp: Path) -> None:
         write(tmp)

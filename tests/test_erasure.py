@@ -390,3 +390,44 @@ def test_judged_generations_are_classified_and_cached(ldm, tmp_path, monkeypatch
     assert torch.equal(again.images, first.images) and list(again.labels["colour"]) == list(first.labels["colour"])
     with pytest.raises(AssertionError, match="regenerated"):
         judged_generations(ldm, classifier, prompts, **{**kwargs, "seed": 4})
+
+
+def test_generations_are_stored_without_their_judge_and_judged_on_load(ldm, tmp_path, monkeypatch):
+    from memories_lib.core import judging
+    from memories_lib.core.judging import generation_parts, judged_generations
+    from memories_lib.core.store import Store
+    from memories_lib.worlds.shapes.classifier import ShapesClassifier
+
+    def classifier(seed: int) -> ShapesClassifier:
+        torch.manual_seed(seed)
+        return ShapesClassifier(channels=(4, 4)).eval()
+
+    first_judge, second_judge = classifier(0), classifier(1)
+    assert first_judge.identity() != second_judge.identity()
+    store = Store(tmp_path / "store")
+    prompts = ["a red triangle", "a blue star", "a circle"]
+    kwargs = dict(seed=3, num_steps=2, guidance_scale=2.0, store=store, progress=False)
+    first = judged_generations(ldm, first_judge, prompts, **kwargs)
+    # One entry: the images as uint8, under a key of what determines them (no judge in it).
+    [meta_file] = list((tmp_path / "store").rglob("*.json"))
+    parts = generation_parts(ldm.weights_hash(), prompts, seed=3, num_steps=2, guidance_scale=2.0)
+    entry = store.get(store.key(**parts))
+    assert entry is not None and meta_file.stem == entry.key and "classifier" not in entry.parts
+    assert set(entry.tensors) == {"images"} and entry.tensors["images"].dtype == torch.uint8
+
+    def boom(*args, **kwargs):
+        raise AssertionError("regenerated although the images are stored")
+
+    monkeypatch.setattr(judging, "generate", boom)
+    second = judged_generations(ldm, second_judge, prompts, **kwargs)
+    assert len(list((tmp_path / "store").rglob("*.json"))) == 1
+    assert torch.equal(second.images, first.images)
+    expected = second_judge.predict_proba(first.images)
+    assert all(torch.equal(second.proba[h], expected[h]) for h in expected)
+    assert any(not torch.equal(second.proba[h], first.proba[h]) for h in expected)
+    monkeypatch.undo()
+    # What the second detector says of the stored images is what it says of a fresh computation.
+    fresh = judged_generations(ldm, second_judge, prompts, **{**kwargs, "store": Store(tmp_path / "fresh")})
+    assert torch.equal(fresh.images, second.images)
+    assert all(torch.equal(fresh.proba[h], second.proba[h]) for h in fresh.proba)
+    assert all(list(fresh.labels[h]) == list(second.labels[h]) for h in fresh.labels)

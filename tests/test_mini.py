@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -128,20 +129,62 @@ def test_configs_resolve_from_presets_and_overrides():
         resolve_config({"preset": "tiny", "image_size": 30})
 
 
-def test_the_training_cache_is_keyed_by_the_content_key_of_config_and_version(monkeypatch, tmp_path):
+def test_each_stage_is_keyed_by_the_content_key_of_its_config_sections_and_version(monkeypatch, tmp_path):
     monkeypatch.setenv("MEMORIES_CACHE", str(tmp_path))
-    folder = training.cache_folder("tiny")
-    key = content_key(config=resolve_config("tiny"), version=cache.TRAINING_VERSION)
-    assert folder == tmp_path / "worlds" / f"shapes-{key[:16]}"
-    # Two spellings of one config share a folder; a changed value gives another.
-    assert training.cache_folder({"preset": "tiny"}) == training.cache_folder(resolve_config("tiny")) == folder
-    assert training.cache_folder({"preset": "tiny", "unet": {"steps": PRESETS["tiny"]["unet"]["steps"]}}) == folder
-    assert training.cache_folder({"preset": "tiny", "unet": {"steps": 5}}) != folder
-    assert training.stage_path("tiny", "unet") == folder / "ldm"
-    assert training.stage_path("tiny", "classifier") == folder / "classifier"
-    # The training code's version is part of the key.
+    cfg = resolve_config("tiny")
+    for stage, name in (("vae", "vae"), ("unet", "ldm"), ("classifier", "classifier"), ("contrastive", "contrastive")):
+        parts = {"stage": stage, "config": {k: cfg[k] for k in cache.STAGE_DEPENDS[stage]},
+                 "version": cache.TRAINING_VERSION}
+        assert cache.stage_parts("tiny", stage) == parts
+        key = content_key(**parts)
+        assert training.stage_path("tiny", stage) == tmp_path / "worlds" / f"shapes-{name}-{key[:16]}"
+    folders = {s: training.stage_path("tiny", s) for s in training.STAGES}
+    assert len(set(folders.values())) == len(training.STAGES)
+    # Two spellings of one config share their folders; a changed value gives another.
+    for stage, folder in folders.items():
+        assert training.stage_path({"preset": "tiny"}, stage) == training.stage_path(cfg, stage) == folder
+        assert training.stage_path({"preset": "tiny", "unet": {"steps": PRESETS["tiny"]["unet"]["steps"]}},
+                                   stage) == folder
+    with pytest.raises(ValueError, match="unknown training stage"):
+        training.stage_path("tiny", "gan")
+    # The training code's version is part of every key.
     monkeypatch.setattr(cache, "TRAINING_VERSION", cache.TRAINING_VERSION + 1)
-    assert training.cache_folder("tiny") != folder
+    assert all(training.stage_path("tiny", s) != folders[s] for s in training.STAGES)
+
+
+ALL_STAGES = {"vae", "unet", "classifier", "contrastive"}
+
+
+@pytest.mark.parametrize(
+    "override, changed",
+    [
+        ({"classifier": {"steps": 5}}, {"classifier"}),
+        ({"classifier": {"noise": 0.1}}, {"classifier"}),
+        ({"contrastive": {"embed_dim": 16}}, {"contrastive"}),
+        ({"unet": {"steps": 5}}, {"unet"}),
+        ({"text_encoder": {"hidden_size": 32}}, {"unet"}),
+        ({"captions": {"uncond_prob": 0.2}}, {"unet"}),
+        ({"vae": {"steps": 5}}, {"vae", "unet"}),
+        ({"vae": {"kl_weight": 1e-5}}, {"vae", "unet"}),
+        ({"seed": 1}, ALL_STAGES),
+        ({"image_size": 16}, ALL_STAGES),
+        ({"dataset_size": 64}, ALL_STAGES),
+        ({"eval_size": 8}, ALL_STAGES),
+    ],
+)
+def test_a_changed_setting_moves_only_the_stages_that_depend_on_it(override, changed):
+    assert set(training.STAGES) == ALL_STAGES
+    moved = {s for s in training.STAGES
+             if training.stage_path({"preset": "tiny", **override}, s) != training.stage_path("tiny", s)}
+    assert moved == changed
+
+
+def test_every_config_section_is_a_dependency_of_some_stage():
+    depends = cache.STAGE_DEPENDS
+    assert set(depends) == set(training.STAGES) and set(cache.STAGE_DIRS) == set(training.STAGES)
+    assert set().union(*depends.values()) == set(resolve_config("full"))
+    assert all(set(cache.DATA_KEYS) <= set(keys) for keys in depends.values())
+    assert set(depends["vae"]) <= set(depends["unet"])  # the UNet trains on the VAE's latents
 
 
 def test_the_learning_rate_warms_up_then_decays_to_its_floor():
@@ -208,8 +251,11 @@ TRAINERS = {"train_vae": training.vae, "train_text_unet": training.text_unet,
 
 def test_training_writes_a_loadable_diffusers_folder(mini_cache):
     root, path = mini_cache
-    assert path == training.cache_folder("tiny") / "ldm" and path.parent.parent == root / "worlds"
-    assert (path / "model_index.json").is_file()
+    assert path == training.stage_path("tiny", "unet") and path.parent == root / "worlds"
+    assert path.name.startswith("shapes-ldm-") and (path / "model_index.json").is_file()
+    for stage in training.STAGES:  # each stage's folder records what its key is made of
+        recorded = json.loads((training.stage_path("tiny", stage) / cache.KEY_FILE).read_text())
+        assert recorded == json.loads(json.dumps(cache.stage_parts("tiny", stage)))
     ldm = load_ldm(path)
     assert ldm.latent_shape == latent_shape("tiny")
     assert type(ldm.unet).__name__ == "UNet2DConditionModel" and ldm.unet.config.cross_attention_dim == 16
@@ -240,8 +286,8 @@ def test_classifier_and_contrastive_model_load_from_the_cache(mini_cache):
 
 def test_a_second_call_reuses_the_cache(mini_cache, monkeypatch):
     root, path = mini_cache
-    folder = path.parent
-    mtimes = {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+    folders = [training.stage_path("tiny", s) for s in training.STAGES]
+    mtimes = {p: p.stat().st_mtime_ns for folder in folders for p in folder.rglob("*") if p.is_file()}
 
     def boom(*args, **kwargs):
         raise AssertionError("retrained a cached stage")
@@ -250,7 +296,7 @@ def test_a_second_call_reuses_the_cache(mini_cache, monkeypatch):
         monkeypatch.setattr(module, name, boom)
     assert training.ensure_trained({"preset": "tiny"}, threads=1, progress=False) == path
     training.load_classifier("tiny")
-    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()} == mtimes
+    assert {p: p.stat().st_mtime_ns for folder in folders for p in folder.rglob("*") if p.is_file()} == mtimes
 
 
 def test_a_missing_stage_is_trained_alone(mini_cache, monkeypatch):
@@ -260,6 +306,8 @@ def test_a_missing_stage_is_trained_alone(mini_cache, monkeypatch):
     classifier_dir = training.stage_path("tiny", "classifier")
     before = hash_modules(ShapesClassifier.load(classifier_dir))
     ldm_mtime = (path / "model_index.json").stat().st_mtime_ns
+    others = {s: training.stage_path("tiny", s) for s in training.STAGES if s != "classifier"}
+    other_mtimes = {s: (f / cache.METRICS_FILE).stat().st_mtime_ns for s, f in others.items()}
     shutil.rmtree(classifier_dir)
     assert training.missing_stages("tiny") == ["classifier"]
     calls = []
@@ -276,9 +324,60 @@ def test_a_missing_stage_is_trained_alone(mini_cache, monkeypatch):
     training.ensure_trained("tiny", threads=1, progress=False)
     assert calls == [1] and training.missing_stages("tiny") == []
     assert (path / "model_index.json").stat().st_mtime_ns == ldm_mtime
+    assert {s: (f / cache.METRICS_FILE).stat().st_mtime_ns for s, f in others.items()} == other_mtimes
     # Deterministic given the config's seed: the retrained classifier has the same weights.
     assert hash_modules(ShapesClassifier.load(classifier_dir)) == before
-    assert not [p for p in classifier_dir.parent.iterdir() if p.name.startswith(".classifier-")]
+    assert not [p for p in classifier_dir.parent.iterdir() if p.name.startswith(f".{classifier_dir.name}-")]
+
+
+def test_missing_stages_share_one_draw_of_the_training_data(mini_cache, monkeypatch):
+    import shutil
+
+    from memories_lib.worlds.shapes.training import dataset
+
+    before = hash_modules(ShapesClassifier.load(training.stage_path("tiny", "classifier")))
+    for stage in ("classifier", "contrastive"):
+        shutil.rmtree(training.stage_path("tiny", stage))
+    assert training.missing_stages("tiny") == ["classifier", "contrastive"]
+    drawn = []
+    real = dataset.make_dataset
+
+    def counting(n, *args, **kwargs):
+        drawn.append(n)
+        return real(n, *args, **kwargs)
+
+    monkeypatch.setattr(dataset, "make_dataset", counting)
+    training.ensure_trained("tiny", threads=1, progress=False)
+    cfg = resolve_config("tiny")
+    assert sorted(drawn) == sorted([cfg["dataset_size"], cfg["eval_size"]])  # training and held-out images, once
+    assert training.missing_stages("tiny") == []
+    assert hash_modules(ShapesClassifier.load(training.stage_path("tiny", "classifier"))) == before
+
+
+@pytest.mark.parametrize("stage", ["vae", "unet", "classifier", "contrastive"])
+def test_each_trainer_reads_only_the_config_sections_its_key_is_made_of(mini_cache, stage):
+    # Trained from a config holding only its dependencies (a read of any other section raises
+    # KeyError), a stage computes what it computed from the whole config.
+    from diffusers import AutoencoderKL
+
+    from memories_lib.worlds.shapes.training.dataset import TrainingData
+
+    cfg = resolve_config("tiny")
+    only = {k: cfg[k] for k in cache.STAGE_DEPENDS[stage]}
+    data = TrainingData(only, progress=False)
+    with training._torch_threads(1):
+        if stage == "vae":
+            _, metrics = training.vae.train_vae(only, data, progress=False)
+        elif stage == "unet":
+            autoencoder = AutoencoderKL.from_pretrained(training.stage_path("tiny", "vae")).eval()
+            *_, metrics = training.text_unet.train_text_unet(only, autoencoder.requires_grad_(False), data,
+                                                              progress=False)
+        elif stage == "classifier":
+            _, metrics = training.classifier.train_classifier(only, data, progress=False)
+        else:
+            _, metrics = training.contrastive.train_contrastive(only, data, progress=False)
+    recorded = training.training_report("tiny")[stage]
+    assert {k: v for k, v in metrics.items() if k != "seconds"} == {k: recorded[k] for k in metrics if k != "seconds"}
 
 
 def test_training_is_deterministic_given_the_seed(mini_cache, tmp_path, monkeypatch):
@@ -343,9 +442,10 @@ def test_generations_are_judged_per_attribute(mini_cache, monkeypatch):
 def test_the_cli_trains_and_reports(mini_cache, capsys):
     assert cli.main(["--config", "tiny", "--quiet", "--threads", "1"]) == 0
     out = capsys.readouterr().out
-    assert str(training.cache_folder("tiny")) in out and "eval_psnr_mean" in out
+    assert all(str(training.stage_path("tiny", s)) in out for s in training.STAGES) and "eval_psnr_mean" in out
     assert cli.main(["--profile", "tiny", "--quiet", "--threads", "1"]) == 0
-    assert str(training.cache_folder("tiny")) in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert all(str(training.stage_path("tiny", s)) in out for s in training.STAGES)
 
 
 def test_training_threads_are_fixed_not_read_from_the_load(monkeypatch):

@@ -262,3 +262,19 @@ def test_map_items_on_a_corrupt_entry(store):
     results = store.map_items([1, 2], key_fn, make_compute(log), recompute_corrupt=True)
     assert log == [[2]]
     assert results[1].tensors["sq"].item() == 4.0
+
+
+def test_locked_beside_locks_a_folder_without_creating_it(tmp_path):
+    import fcntl
+
+    target = tmp_path / "models" / "model-0123"
+    lock_file = target.parent / ".model-0123.lock"
+    with store_module.locked_beside(target):
+        assert not target.exists() and lock_file.is_file()
+        with open(lock_file) as other:  # held: another lock on it fails at once
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        store_module.write_folder_atomically(target, lambda tmp: tmp.mkdir())
+    assert target.is_dir()
+    with open(lock_file) as other:  # released
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)

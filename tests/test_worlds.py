@@ -19,7 +19,7 @@ from memories_lib.worlds import WORLDS, Detector, SimilarityModel, World, WorldE
 
 from conftest import USER_CACHE
 from memories_lib.core.paths import cache_dir
-from memories_lib.worlds.shapes.training import STAGES, cache_folder, stage_path
+from memories_lib.worlds.shapes.training import STAGES, stage_path
 from sd_world import build_tiny_sd_world  # tests/sd_world.py
 
 N = 3
@@ -39,14 +39,15 @@ def world(request, tmp_path_factory) -> World:
 
 
 def _borrow_trained_world(world: World) -> None:
-    """Link the user's trained shapes world into the tests' cache, if it is there (it is only read)."""
+    """Link each stage of the user's trained shapes world into the tests' cache, if all are there (only read)."""
     config = world.training_config
-    folder = cache_folder(config)
-    trained = USER_CACHE / folder.relative_to(cache_dir())
-    complete = all((trained / stage_path(config, s).relative_to(folder)).is_dir() for s in STAGES)
-    if complete and not folder.exists():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        folder.symlink_to(trained, target_is_directory=True)
+    folders = [stage_path(config, s) for s in STAGES]
+    trained = [USER_CACHE / folder.relative_to(cache_dir()) for folder in folders]
+    if all(t.is_dir() for t in trained):
+        for folder, t in zip(folders, trained):
+            if not folder.exists():
+                folder.parent.mkdir(parents=True, exist_ok=True)
+                folder.symlink_to(t, target_is_directory=True)
 
 
 @pytest.fixture(scope="module")

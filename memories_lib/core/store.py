@@ -166,16 +166,36 @@ def keyed_folder(namespace: str, label: str, parts: dict[str, Any], root: str | 
 
 
 @contextlib.contextmanager
-def locked(folder: str | Path) -> Iterator[None]:
-    """An exclusive lock on ``folder`` (created if needed), so two processes never build it at once."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as handle:
+def _locked_file(lock_file: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``lock_file`` (created if needed), held for the ``with`` block."""
+    with open(lock_file, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def locked(folder: str | Path) -> Iterator[None]:
+    """An exclusive lock on ``folder`` (created if needed), so two processes never build it at once."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with _locked_file(folder / ".lock"):
+        yield
+
+
+@contextlib.contextmanager
+def locked_beside(target: str | Path) -> Iterator[None]:
+    """An exclusive lock on ``target`` that does not create it: the file ``.<name>.lock`` beside it.
+
+    For a folder written whole by :func:`write_folder_atomically`, whose existence means it is
+    complete: two processes never build it at once, and it does not appear before it is written.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _locked_file(target.parent / f".{target.name}.lock"):
+        yield
 
 
 def write_folder_atomically(target: str | Path, write: Callable[[Path], None]) -> Path:

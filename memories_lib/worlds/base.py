@@ -41,7 +41,7 @@ class Detector(Protocol):
     """A concept detector: class probabilities from one or more heads.
 
     ``label_names`` maps a head's name to its label names; a concept is judged by the head that
-    has it as a label. ``identity()`` is a content hash of the detector (it keys cached judgements).
+    has it as a label. ``identity()`` is a content hash of the detector (what tells two detectors apart).
     """
 
     @property

@@ -2,7 +2,7 @@
 
 ``data``      deterministic images of coloured shapes on patterned backgrounds, with captions;
 ``training``  training of the world's latent diffusion model, classifier and contrastive model,
-              cached by the content key of the training config (``ensure_trained``).
+              each model cached by the sections of the training config it depends on (``ensure_trained``).
 """
 
 from .data import (

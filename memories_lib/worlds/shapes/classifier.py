@@ -67,7 +67,7 @@ class ShapesClassifier(nn.Module):
         return HEADS
 
     def identity(self) -> str:
-        """A content hash of the weights (keys cached judgements)."""
+        """A content hash of the weights (what tells two classifiers apart)."""
         return hash_modules(self)
 
     def forward(self, images01: torch.Tensor) -> dict[str, torch.Tensor]:

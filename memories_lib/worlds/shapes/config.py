@@ -3,8 +3,9 @@
 A config is a plain nested dict (it lives in a shapes-world profile's ``world.training``). It
 may name a preset, ``{"preset": "full"}``, and override any of its values
 (``{"preset": "full", "unet": {"steps": 3000}}``). :func:`resolve_config` returns the
-complete dict; the training cache is keyed by it (``training.cache``), so two spellings of
-the same config share one cache folder.
+complete dict; each trained model is cached under a key made of the sections of it that its
+training reads (``training.cache.STAGE_DEPENDS``), so two spellings of the same config share
+their cache folders.
 """
 
 from __future__ import annotations
@@ -60,7 +61,10 @@ _FULL: dict[str, Any] = {
         "ema_decay": 0.995,
         "snr_gamma": 5.0,
     },
-    "classifier": {"channels": [16, 32, 64], "steps": 600, "batch_size": 64, "lr": 2e-3, "noise": 0.06},
+    # 1500 classifier steps, not 600: with 600, the world trained with seed 1 got stuck at 77.7%
+    # held-out shape accuracy (final loss 0.61), while seed 0 reached 99.4%; with 1500, seed 1
+    # reached 100% (final loss 0.003).
+    "classifier": {"channels": [16, 32, 64], "steps": 1500, "batch_size": 64, "lr": 2e-3, "noise": 0.06},
     "contrastive": {"channels": [16, 32, 64], "embed_dim": 64, "steps": 500, "batch_size": 128, "lr": 2e-3},
 }
 

@@ -84,7 +84,7 @@ def judge_generations(
     """Generate ``n_per_prompt`` images per (prompt, attributes) and compare the classifier's verdicts with them.
 
     The generating, classifying and caching are :func:`memories_lib.core.judging.judged_generations`
-    (seeds from ``torch.Generator().manual_seed(seed)``, results in ``store``); this adds
+    (seeds from ``torch.Generator().manual_seed(seed)``, the images in ``store``); this adds
     which attributes each prompt named, so that accuracy can be counted per attribute.
     """
 

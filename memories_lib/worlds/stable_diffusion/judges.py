@@ -97,7 +97,7 @@ class ConceptDetector:
         return {name: (*head.concepts, OTHER) for name, head in self._heads.items()}
 
     def identity(self) -> str:
-        """A content hash of the classifiers and the concept mapping (keys cached judgements)."""
+        """A content hash of the classifiers and the concept mapping (what tells two detectors apart)."""
         parts = {name: {"classifier": head.classifier.identity(), "concepts": list(head.concepts),
                         "indices": [list(i) for i in head.indices]} for name, head in self._heads.items()}
         return content_key(kind="concept-detector", heads=parts)[:16]

@@ -1,24 +1,26 @@
-"""Training of the shapes world's models, cached by the content key of the training config.
+"""Training of the shapes world's models, each stage cached by what it depends on.
 
-Four stages, each written atomically into the config's cache folder and skipped when present:
+Four stages, each written atomically into a folder of its own and skipped when present. A
+stage's folder is keyed by the sections of the resolved training config that it reads
+(``cache.STAGE_DEPENDS``) and the training code's version, so changing one model's settings
+retrains that model (and what is trained on it) only:
 
 ``vae``          an ``AutoencoderKL``; its ``scaling_factor`` is measured (1 / std of the latents);
 ``unet``         a word tokenizer, a small ``CLIPTextModel`` and a ``UNet2DConditionModel``
-                 trained jointly, saved with the VAE and a ``DDIMScheduler`` in the diffusers
-                 layout (folder ``ldm/``, loadable by ``core.models.load_ldm``);
+                 trained jointly on the VAE's latents, saved with the VAE and a ``DDIMScheduler``
+                 in the diffusers layout (folder ``shapes-ldm-<key>``, loadable by ``core.models.load_ldm``);
 ``classifier``   the concept classifier (:class:`~memories_lib.worlds.shapes.classifier.ShapesClassifier`);
 ``contrastive``  the CLIP stand-in (:class:`~memories_lib.worlds.shapes.contrastive.ShapesCLIP`).
 
-Modules: ``cache`` (folders, stages, metrics), ``loop`` (seeds, schedule and the one training
-loop), ``dataset`` (training images, augmentations), one per trainer (``vae``, ``text_unet``,
-``classifier``, ``contrastive``) and ``cli`` (``memories train-mini``; not imported here).
+Modules: ``cache`` (stage folders, their keys, metrics), ``loop`` (seeds, schedule and the one
+training loop), ``dataset`` (training images, augmentations), one per trainer (``vae``,
+``text_unet``, ``classifier``, ``contrastive``) and ``cli`` (``memories train-mini``; not imported here).
 Training is deterministic given the config's seed (on one device and thread count).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from pathlib import Path
@@ -27,17 +29,17 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from ....core.models import save_ldm
-from ....core.store import locked
+from ....core.store import locked_beside
 from ..classifier import ShapesClassifier
 from ..config import resolve_config
 from ..contrastive import ShapesCLIP
 from . import classifier, contrastive, text_unet, vae
 from .cache import (
+    STAGE_DEPENDS,
     STAGES,
     Config,
-    cache_folder,
     missing_stages,
-    stage_folder,
+    stage_parts,
     stage_path,
     training_report,
     write_stage,
@@ -45,9 +47,9 @@ from .cache import (
 from .dataset import TrainingData
 
 __all__ = [
+    "STAGE_DEPENDS",
     "STAGES",
     "TrainingError",
-    "cache_folder",
     "default_threads",
     "ensure_trained",
     "load_classifier",
@@ -93,10 +95,10 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def _run_stage(stage: str, cfg: dict[str, Any], folder: Path, data: TrainingData, device: str,
-               progress: bool) -> None:
-    """Train one stage and write it (weights and metrics) into its subfolder of ``folder``."""
-    target = stage_folder(folder, stage)
+def _run_stage(stage: str, cfg: dict[str, Any], data: TrainingData, device: str, progress: bool) -> None:
+    """Train one stage and write it (weights, metrics and key parts) into its folder."""
+    target = stage_path(cfg, stage)
+    parts = stage_parts(cfg, stage)
     start = time.perf_counter()
 
     def context(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -106,11 +108,11 @@ def _run_stage(stage: str, cfg: dict[str, Any], folder: Path, data: TrainingData
 
     if stage == "vae":
         autoencoder, metrics = vae.train_vae(cfg, data, device, progress)
-        write_stage(target, lambda tmp: autoencoder.to("cpu").save_pretrained(tmp), context(metrics))
+        write_stage(target, lambda tmp: autoencoder.to("cpu").save_pretrained(tmp), context(metrics), parts)
     elif stage == "unet":
         from diffusers import AutoencoderKL
 
-        vae_folder = stage_folder(folder, "vae")
+        vae_folder = stage_path(cfg, "vae")
         if not vae_folder.is_dir():
             raise TrainingError(f"the unet stage needs the trained VAE in {vae_folder}")
         autoencoder = AutoencoderKL.from_pretrained(vae_folder).eval().requires_grad_(False)
@@ -120,13 +122,13 @@ def _run_stage(stage: str, cfg: dict[str, Any], folder: Path, data: TrainingData
             save_ldm(tmp, vae=autoencoder.to("cpu"), unet=unet.to("cpu"), text_encoder=text_encoder.to("cpu"),
                      tokenizer=tokenizer, scheduler=text_unet.build_scheduler())
 
-        write_stage(target, write, context(metrics))
+        write_stage(target, write, context(metrics), parts)
     elif stage == "classifier":
         model, metrics = classifier.train_classifier(cfg, data, device, progress)
-        write_stage(target, lambda tmp: model.to("cpu").save(tmp), context(metrics))
+        write_stage(target, lambda tmp: model.to("cpu").save(tmp), context(metrics), parts)
     else:
         model, metrics = contrastive.train_contrastive(cfg, data, device, progress)
-        write_stage(target, lambda tmp: model.to("cpu").save(tmp), context(metrics))
+        write_stage(target, lambda tmp: model.to("cpu").save(tmp), context(metrics), parts)
 
 
 def ensure_trained(
@@ -152,17 +154,14 @@ def ensure_trained(
     if "unet" in needed:
         needed.add("vae")  # the LDM cannot be trained without its autoencoder
     needed_in_order = [s for s in STAGES if s in needed]
-    folder = cache_folder(cfg)
-    if missing_stages(cfg, needed_in_order):
-        with locked(folder):  # another process may have trained meanwhile: look again under the lock
-            todo = missing_stages(cfg, needed_in_order)
-            if todo:
-                (folder / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
-                data = TrainingData(cfg, progress=progress)
+    data = TrainingData(cfg, progress=progress)  # drawn on first use: at most once per call, shared by the stages
+    for stage in missing_stages(cfg, needed_in_order):
+        target = stage_path(cfg, stage)
+        with locked_beside(target):  # another process may have trained it meanwhile: look again under the lock
+            if not target.is_dir():
                 with _torch_threads(threads):
-                    for stage in todo:
-                        _run_stage(stage, cfg, folder, data, device, progress)
-    return stage_folder(folder, "unet")
+                    _run_stage(stage, cfg, data, device, progress)
+    return stage_path(cfg, "unet")
 
 
 def load_classifier(config: Config = None, device: str = "cpu", progress: bool = True) -> ShapesClassifier:

@@ -1,9 +1,17 @@
-"""Where the shapes world's trained models live: one folder per training config, one subfolder per stage.
+"""Where the shapes world's trained models live: one folder per stage, keyed by what that stage depends on.
 
-A config's folder is ``core.store.keyed_folder("worlds", "shapes", parts)``, i.e.
-``<cache_dir>/worlds/shapes-<key>``, the key being the store's content key of the resolved
-config and :data:`TRAINING_VERSION`: two spellings of one config share a folder. A stage is
-written atomically (``core.store.write_folder_atomically``) with its metrics beside its weights.
+Each stage reads only some sections of the resolved training config (:data:`STAGE_DEPENDS`), and
+its folder is ``core.store.keyed_folder("worlds", "shapes-<dir>", parts)``, i.e.
+``<cache_dir>/worlds/shapes-<dir>-<key>``, ``<dir>`` being the stage's entry in :data:`STAGE_DIRS`
+and the key the store's content key of those sections and :data:`TRAINING_VERSION`
+(:func:`stage_parts`). So a changed classifier setting retrains the classifier alone, a changed
+VAE retrains the VAE and the UNet trained on its latents, and a changed seed or data size
+retrains everything; two spellings of one config share their folders. The ``unet`` stage's
+folder ``shapes-ldm-<key>`` is the whole diffusers folder of the world's LDM.
+
+A stage is written atomically (``core.store.write_folder_atomically``) under a lock of its own
+folder (``core.store.locked_beside``), with its metrics (:data:`METRICS_FILE`) and its key's
+parts (:data:`KEY_FILE`) beside its weights; a folder that exists is complete.
 """
 
 from __future__ import annotations
@@ -21,32 +29,47 @@ TRAINING_VERSION = 3
 #: The training stages, in the order they run (the ``unet`` stage needs the ``vae`` stage).
 STAGES: tuple[str, ...] = ("vae", "unet", "classifier", "contrastive")
 
+#: The config keys of the training images (``dataset.TrainingData``) and of every stage's seed
+#: (``loop.stage_seed``): every stage depends on them.
+DATA_KEYS: tuple[str, ...] = ("seed", "image_size", "dataset_size", "eval_size")
+
+#: The sections of the resolved config that each stage's trainer reads, directly or through an
+#: earlier stage (the UNet trains on the VAE's latents): a stage's cache key is made of these.
+STAGE_DEPENDS: dict[str, tuple[str, ...]] = {
+    "vae": (*DATA_KEYS, "vae"),
+    "unet": (*DATA_KEYS, "vae", "captions", "text_encoder", "unet"),
+    "classifier": (*DATA_KEYS, "classifier"),
+    "contrastive": (*DATA_KEYS, "contrastive"),
+}
+
+#: The name of each stage's folder before its key (``unet``: ``ldm``, the full diffusers folder).
+STAGE_DIRS: dict[str, str] = {"vae": "vae", "unet": "ldm", "classifier": "classifier", "contrastive": "contrastive"}
+
 #: The file of a stage's metrics (time, losses, quality), beside its weights.
 METRICS_FILE = "training.json"
+
+#: The file of what a stage's key is made of (:func:`stage_parts`), beside its weights.
+KEY_FILE = "training_config.json"
 
 Config = Mapping[str, Any] | str | None
 
 
-def cache_parts(config: Config) -> dict[str, Any]:
-    """What the cache key of ``config`` is made of: the resolved config and the training code's version."""
-    return {"config": resolve_config(config), "version": TRAINING_VERSION}
-
-
-def cache_folder(config: Config) -> Path:
-    """The folder holding every trained stage of ``config`` (it may not exist yet)."""
-    return keyed_folder("worlds", "shapes", cache_parts(config))
-
-
-def stage_folder(folder: Path, stage: str) -> Path:
-    """A stage's subfolder of a config's folder; ``"unet"`` is the full diffusers folder ``ldm/``."""
+def _check_stage(stage: str) -> None:
     if stage not in STAGES:
         raise ValueError(f"unknown training stage {stage!r}; stages: {STAGES}")
-    return folder / ("ldm" if stage == "unet" else stage)
+
+
+def stage_parts(config: Config, stage: str) -> dict[str, Any]:
+    """What the cache key of a stage is made of: the stage, its sections of the resolved config, the version."""
+    _check_stage(stage)
+    cfg = resolve_config(config)
+    return {"stage": stage, "config": {k: cfg[k] for k in STAGE_DEPENDS[stage]}, "version": TRAINING_VERSION}
 
 
 def stage_path(config: Config, stage: str) -> Path:
-    """Where a stage of ``config`` lives (see :func:`stage_folder`)."""
-    return stage_folder(cache_folder(config), stage)
+    """The folder of a stage of ``config`` (it may not exist yet); ``"unet"``'s is the LDM's diffusers folder."""
+    _check_stage(stage)
+    return keyed_folder("worlds", f"shapes-{STAGE_DIRS[stage]}", stage_parts(config, stage))
 
 
 def missing_stages(config: Config, stages: Sequence[str] = STAGES) -> list[str]:
@@ -64,11 +87,13 @@ def training_report(config: Config) -> dict[str, dict[str, Any]]:
     return report
 
 
-def write_stage(target: Path, write: Callable[[Path], None], metrics: Mapping[str, Any]) -> Path:
-    """Write a stage atomically: ``write(tmp)`` puts the weights into a fresh folder, the metrics go beside them."""
+def write_stage(target: Path, write: Callable[[Path], None], metrics: Mapping[str, Any],
+                parts: Mapping[str, Any]) -> Path:
+    """Write a stage atomically: ``write(tmp)`` puts the weights into a fresh folder; metrics and key parts go beside."""
 
     def write_with_metrics(tmp: Path) -> None:
         write(tmp)
         (tmp / METRICS_FILE).write_text(json.dumps(dict(metrics), indent=2, sort_keys=True))
+        (tmp / KEY_FILE).write_text(json.dumps(dict(parts), indent=2, sort_keys=True))
 
     return write_folder_atomically(target, write_with_metrics)

@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 
 from ....core.profile import load_profile
 from ..world import ShapesWorld
-from . import STAGES, Config, ensure_trained, training_report
+from . import STAGES, Config, ensure_trained, stage_path, training_report
 
 
 def _read_config_arg(value: str | None) -> Config:
@@ -50,13 +50,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = profile_training_config(args.profile) if args.profile else _read_config_arg(args.config)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     start = time.perf_counter()
-    path = ensure_trained(config, stages=stages, device=args.device, threads=args.threads,
-                          progress=not args.quiet)
+    ensure_trained(config, stages=stages, device=args.device, threads=args.threads, progress=not args.quiet)
     elapsed = time.perf_counter() - start
-    print(f"shapes world: {path.parent}")
-    for stage, metrics in training_report(config).items():
-        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(metrics.items()))
-        print(f"  {stage}: {shown}")
+    report = training_report(config)
+    print("shapes world:")
+    for stage in STAGES:
+        if stage not in report:
+            print(f"  {stage}: not trained ({stage_path(config, stage)})")
+            continue
+        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                          for k, v in sorted(report[stage].items()))
+        print(f"  {stage}: {stage_path(config, stage)}\n    {shown}")
     print(f"this call took {elapsed:.1f} s")
     return 0
 

@@ -48,6 +48,16 @@ def test_variant_changes_only_the_training_seed(tmp_path):
     assert trainings.fingerprint(load_profile("mini")) != trainings.fingerprint(load_profile("tiny"))
 
 
+def test_fingerprint_follows_the_resolved_training_config(monkeypatch):
+    """A comparison made before a preset's default changed is not shown as this profile's."""
+    from memories_lib.worlds.shapes import config
+
+    before = trainings.fingerprint(load_profile("tiny"))
+    tiny = {**config.PRESETS["tiny"], "classifier": {**config.PRESETS["tiny"]["classifier"], "steps": 4}}
+    monkeypatch.setitem(config.PRESETS, "tiny", tiny)
+    assert trainings.fingerprint(load_profile("tiny")) != before
+
+
 def test_a_world_without_training_has_no_seed_to_vary(tmp_path):
     profile = build_tiny_sd_world(tmp_path / "sd")
     with pytest.raises(BookError, match="not trained by this project"):

@@ -45,9 +45,11 @@ def _training(profile: Profile) -> dict[str, Any]:
 
 
 def fingerprint(profile: Profile) -> str:
-    """A key of everything in ``profile`` except its name, description and training seed."""
+    """A key of everything in ``profile`` except its name, description and training seed, with the
+    world's training config resolved (a changed preset default makes a new fingerprint)."""
     options = thaw(profile.world.options)
-    training = dict(options.get("training") or {})
+    world = open_world(profile)
+    training = dict(getattr(world, "training_config", None) or options.get("training") or {})
     training.pop("seed", None)
     options["training"] = training
     return content_key(

@@ -588,3 +588,15 @@ def test_paper_table_heads_the_book_column_with_the_profile_and_escapes_pipes():
     header, rule, row = table.splitlines()
     assert header == "| | this book (`tiny`) | the paper | what differs, and why |" and rule == "|---|---|---|---|"
     assert row == "| **latent d** | 256 | 16,384 | a\\|b smaller model |"
+
+
+def test_erasure_sweeps_and_the_prompt_test_reach_chapters_3_and_4(built_book):
+    """The tiny book's sweeps (run by `memories tune-erasure` before the build) are drawn in chapter 3,
+    and chapter 4's table and verdict carry each erased model's prompt-test verdict."""
+    assert built_book.returncode == 0, built_book.failure()
+    erasure = (built_book.html / book.EXECUTED_DIR / "03_erasure.html").read_text()
+    assert 'id="fig-erasure-tradeoff"' in erasure or "fig-erasure-tradeoff" in erasure
+    assert "settings passing on every training" in erasure
+    memory = (built_book.html / book.EXECUTED_DIR / "04_concept_memory.html").read_text()
+    assert ": passes" in memory or ": FAILS" in memory
+    assert "pass the prompt test" in memory

@@ -37,6 +37,7 @@ def test_test_result_reads_erased_and_others():
                    {"triangle": 0.9, "circle": 0.8, "star": 0.7})
     assert r.erased == 0.05 and r.others == pytest.approx(0.7) and r.others_base == pytest.approx(0.75)
     assert r.passes  # 0.70 >= 0.75 - 0.05
+    assert r.largest_loss == ("star", pytest.approx(0.1))
     assert not PromptTestResult("triangle", {"triangle": 0.05, "circle": 0.6, "star": 0.6},
                           {"triangle": 0.9, "circle": 0.8, "star": 0.7}).passes
 

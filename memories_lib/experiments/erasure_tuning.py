@@ -143,9 +143,19 @@ class PromptTestResult:
     def passes(self) -> bool:
         return self.goal.met(self.erased, self.others, self.others_base)
 
+    @property
+    def largest_loss(self) -> tuple[str, float]:
+        """The other concept that lost most against the base model, and how much (a share; "" if none)."""
+        losses = {k: self.base_accuracies[k] - v for k, v in self.accuracies.items() if k != self.concept}
+        if not losses:
+            return "", float("nan")
+        worst = max(losses, key=losses.get)
+        return worst, float(losses[worst])
+
     def row(self) -> dict[str, Any]:
+        worst, loss = self.largest_loss
         return {"erased": self.erased, "others": self.others, "erased_base": self.erased_base,
-                "others_base": self.others_base, "passes": self.passes}
+                "others_base": self.others_base, "passes": self.passes, "most_hurt": worst, "most_hurt_loss": loss}
 
 
 def prompt_test(world: World, ldm: LDM, concept: str, test: PromptTest, store: Store | None = None,
@@ -257,7 +267,7 @@ def sweep_table(world: World, sweeps: Iterable[Sweep], concepts: Sequence[str], 
     """One row per sweep, value and concept: the prompt test's accuracies and whether the goal is met.
 
     Columns: sweep, method, strength, value, step (0 = weakest), concept, erased, others, erased_base,
-    others_base, passes. With ``compute`` off, points not in the store are left out (see
+    others_base, passes, most_hurt (the other concept that lost most) and most_hurt_loss. With ``compute`` off, points not in the store are left out (see
     :func:`missing_points`).
     """
     points = [(s, i, v, c) for s in sweeps for i, v in enumerate(s.values) for c in concepts]
@@ -270,7 +280,7 @@ def sweep_table(world: World, sweeps: Iterable[Sweep], concepts: Sequence[str], 
         rows.append({"sweep": sweep.name, "method": sweep.method, "strength": sweep.strength, "value": value,
                      "step": step, "concept": concept, **result.row()})
     columns = ["sweep", "method", "strength", "value", "step", "concept", "erased", "others", "erased_base",
-               "others_base", "passes"]
+               "others_base", "passes", "most_hurt", "most_hurt_loss"]
     return pd.DataFrame(rows, columns=columns)
 
 

@@ -68,6 +68,19 @@ def test_closest_point_prefers_the_goal_then_the_others():
         tuning.closest_point(table.iloc[:0])
 
 
+def test_closest_on_every_training_minimises_the_worst_shortfall():
+    def frame(rows):
+        return pd.DataFrame(rows, columns=["value", "erased", "others", "others_base"]).set_index("value")
+
+    seed0 = frame([(1, 0.00, 0.84, 0.85), (2, 0.00, 0.70, 0.85), (4, 0.30, 0.85, 0.85)])
+    seed1 = frame([(1, 0.02, 0.70, 0.85), (2, 0.00, 0.78, 0.85), (4, 0.00, 0.60, 0.85)])
+    # 1: worst shortfall 0.10 (seed 1); 2: 0.10 (seed 0) and 0.02, tie broken by the others' mean (0.74 vs 0.77)
+    assert tuning.closest_on_every_training({0: seed0, 1: seed1}) == 1
+    assert GOAL.shortfall(0.05, 0.80, 0.82) == 0 and GOAL.shortfall(0.15, 0.70, 0.82) == pytest.approx(0.05 + 0.07)
+    with pytest.raises(ValueError, match="every training"):
+        tuning.closest_on_every_training({0: seed0, 1: frame([(8, 0.0, 0.8, 0.8)])})
+
+
 def test_profile_sweeps_are_checked_before_any_work():
     world = open_world("tiny")
     sweeps = tuning.profile_sweeps(world)

@@ -55,6 +55,13 @@ class Goal:
             return False
         return erased < self.erased_below and others >= others_base - self.others_within
 
+    def shortfall(self, erased: float, others: float, others_base: float) -> float:
+        """How far a point is from the goal region: the erased share above its threshold plus the others'
+        loss beyond the allowed drop (0 inside the region)."""
+        excess = max(0.0, erased - self.erased_below + 1e-12)
+        drop = max(0.0, others_base - self.others_within - others)
+        return excess + drop
+
     def describe(self) -> str:
         return (f"the erased concept in fewer than {100 * self.erased_below:g}% of the generations that ask for it, "
                 f"the other concepts of its kind within {100 * self.others_within:g} points of the base model")
@@ -293,14 +300,28 @@ def missing_points(world: World, sweeps: Iterable[Sweep], concepts: Sequence[str
 
 
 def closest_point(table: pd.DataFrame, goal: Goal = GOAL) -> pd.Series:
-    """The row of ``table`` nearest the goal region: the smallest total shortfall (erased above the
-    threshold plus others below the allowed drop), ties broken by the higher accuracy on the others."""
+    """The row of ``table`` nearest the goal region (:meth:`Goal.shortfall`), ties broken by the higher
+    accuracy on the others."""
     if table.empty:
         raise ValueError("no points to choose from")
-    excess = (table["erased"] - goal.erased_below + 1e-12).clip(lower=0)
-    drop = (table["others_base"] - goal.others_within - table["others"]).clip(lower=0)
-    order = pd.DataFrame({"shortfall": excess + drop, "others": -table["others"]}, index=table.index)
+    shortfall = [goal.shortfall(r.erased, r.others, r.others_base) for r in table.itertuples()]
+    order = pd.DataFrame({"shortfall": shortfall, "others": -table["others"].to_numpy()}, index=table.index)
     return table.loc[order.sort_values(["shortfall", "others"]).index[0]]
+
+
+def closest_on_every_training(points: Mapping[Any, pd.DataFrame], goal: Goal = GOAL) -> Any:
+    """The sweep value (index of every table in ``points``, one table per training) whose largest shortfall
+    over the trainings is smallest; ties broken by the higher mean accuracy on the others."""
+    values = [v for v in next(iter(points.values())).index if all(v in t.index for t in points.values())]
+    if not values:
+        raise ValueError("no sweep value was measured on every training")
+
+    def rank(v: Any) -> tuple[float, float]:
+        rows = [t.loc[v] for t in points.values()]
+        worst = max(goal.shortfall(r["erased"], r["others"], r["others_base"]) for r in rows)
+        return worst, -float(np.mean([r["others"] for r in rows]))
+
+    return min(values, key=rank)
 
 
 # --------------------------------------------------------------------------- the tuning run

@@ -219,3 +219,25 @@ def test_seeded_choice_is_sorted_and_deterministic():
     assert a == b == sorted(a) and len(set(a)) == 10
     with pytest.raises(ValueError):
         seeded_choice(3, 4, torch.Generator())
+
+
+def test_cached_inversion_is_read_back_with_its_measured_time(ldm, tmp_path, monkeypatch):
+    """The second call reads the stored result (no inversion runs) and reports the time of the first."""
+    import memories_lib.experiments.concept_memory as cm
+    from memories_lib.core.store import Store
+
+    store = Store(tmp_path / "store")
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    prompts = ["a red star", "a blue circle"]
+    first, seconds = cm.cached_inversion(ldm, images, prompts, store, method="edict", num_steps=3)
+    assert seconds > 0 and "x_T" in first.info and first.diverged.dtype == torch.bool
+
+    def fail(*args, **kwargs):
+        raise AssertionError("inverted again")
+
+    monkeypatch.setattr(cm.inversion, "invert", fail)
+    again, seconds_again = cm.cached_inversion(ldm, images, prompts, store, method="edict", num_steps=3)
+    assert seconds_again == seconds
+    assert torch.equal(again.seeds, first.seeds) and torch.equal(again.info["y_T"], first.info["y_T"])
+    with pytest.raises(ValueError):
+        cm.cached_inversion(ldm, images, prompts, store, method="edict", num_steps=3, options={"bogus": 1})

@@ -14,6 +14,7 @@ stale ones, a rerun serves finished records from disk and an interrupted run res
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -125,6 +126,55 @@ def record_key(
         "prompt": prompt,
         "config": dict(config),
     }
+
+
+def cached_inversion(
+    ldm: LDM,
+    images: torch.Tensor,
+    prompts: Sequence[str],
+    store: Store,
+    method: str = "renoise",
+    num_steps: int | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> tuple[inversion.InversionResult, float]:
+    """One batch inversion (``inversion.invert``) through the store, and its wall time in seconds.
+
+    For the chapters that compare methods on a few images: seeds, latents, reconstructions, the
+    divergence flags and the tensors of ``info`` (EDICT's pair) are stored under a key of the model's
+    weights, device and dtype, the images' and prompts' hashes and the *resolved* configuration; the
+    seconds are the time measured when the result was computed (on the machine that computed it).
+    """
+    options = dict(options or {})
+    config = inversion.resolve(method, num_steps, **options)  # unknown methods and options fail here
+    prompts = list(prompts)
+    parts = {
+        "kind": "inversion-batch",
+        "version": RECORD_VERSION,
+        "model": ldm.weights_hash(),
+        "device": ldm.device.type,
+        "dtype": str(ldm.dtype),
+        "images": hash_tensor(images),
+        "prompts": prompts,
+        "config": dict(config),
+    }
+
+    def compute():
+        start = time.perf_counter()
+        result = inversion.invert(ldm, images, prompts, method=method, num_steps=num_steps, progress=False,
+                                  **options)
+        seconds = time.perf_counter() - start
+        tensors = {"seeds": result.seeds, "latents": result.latents, "reconstruction": result.reconstruction,
+                   "diverged": torch.as_tensor(result.diverged, dtype=torch.uint8)}
+        tensors.update({f"info.{k}": v for k, v in result.info.items() if isinstance(v, torch.Tensor)})
+        return tensors, {"seconds": seconds}
+
+    entry = store.get_or_compute(parts, compute)
+    t = entry.tensors
+    result = inversion.InversionResult(
+        seeds=t["seeds"], latents=t["latents"], reconstruction=t["reconstruction"], method=method,
+        info={k.split(".", 1)[1]: v for k, v in t.items() if k.startswith("info.")},
+        diverged=t["diverged"].bool(), config=dict(config))
+    return result, float(entry.meta["seconds"])
 
 
 def valid_mask(inv: SetInversion) -> np.ndarray:

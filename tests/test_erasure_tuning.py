@@ -56,16 +56,14 @@ def test_sweep_values_must_increase_and_not_be_fixed():
         Sweep.from_mapping("uce", {"method": "uce", "strength": "erase_scale", "values": [1], "step": 2})
 
 
-def test_closest_point_prefers_the_goal_then_the_others():
+def test_closest_on_one_training_prefers_the_goal_then_the_others():
     table = pd.DataFrame({
         "erased": [0.30, 0.05, 0.05, 0.12],
         "others": [0.85, 0.70, 0.80, 0.84],
         "others_base": [0.85] * 4,
-    })
-    assert tuning.closest_point(table).name == 2            # meets the goal
-    assert tuning.closest_point(table.drop(index=2)).name == 3  # 2 points short of erased, none of others
-    with pytest.raises(ValueError):
-        tuning.closest_point(table.iloc[:0])
+    }, index=[1, 2, 4, 8])
+    assert tuning.closest_on_every_training({0: table}) == 4            # meets the goal
+    assert tuning.closest_on_every_training({0: table.drop(index=4)}) == 8  # 2 points short of erased only
 
 
 def test_closest_on_every_training_minimises_the_worst_shortfall():
@@ -112,11 +110,9 @@ def test_sweep_through_the_store(tmp_path, monkeypatch):
     world = open_world("tiny")
     sweeps = [Sweep("uce", "uce", "erase_scale", [1, 4])]
     test = PromptTest.of(world, 3)
-    assert tuning.missing_points(world, sweeps, ["triangle"], test) == 2
     assert tuning.sweep_table(world, sweeps, ["triangle"], test, compute=False, progress=False).empty
     table = tuning.sweep_table(world, sweeps, ["triangle"], test, progress=False)
     assert list(table["value"]) == [1, 4] and list(table["step"]) == [0, 1]
-    assert tuning.missing_points(world, sweeps, ["triangle"], test) == 0
     for row in table.itertuples():
         assert 0 <= row.erased <= 1 and 0 <= row.others <= 1
         assert row.passes == GOAL.met(row.erased, row.others, row.others_base)

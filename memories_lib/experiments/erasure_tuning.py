@@ -274,8 +274,8 @@ def sweep_table(world: World, sweeps: Iterable[Sweep], concepts: Sequence[str], 
     """One row per sweep, value and concept: the prompt test's accuracies and whether the goal is met.
 
     Columns: sweep, method, strength, value, step (0 = weakest), concept, erased, others, erased_base,
-    others_base, passes, most_hurt (the other concept that lost most) and most_hurt_loss. With ``compute`` off, points not in the store are left out (see
-    :func:`missing_points`).
+    others_base, passes, most_hurt (the other concept that lost most) and most_hurt_loss. With ``compute``
+    off, points not in the store are left out.
     """
     points = [(s, i, v, c) for s in sweeps for i, v in enumerate(s.values) for c in concepts]
     rows = []
@@ -289,24 +289,6 @@ def sweep_table(world: World, sweeps: Iterable[Sweep], concepts: Sequence[str], 
     columns = ["sweep", "method", "strength", "value", "step", "concept", "erased", "others", "erased_base",
                "others_base", "passes", "most_hurt", "most_hurt_loss"]
     return pd.DataFrame(rows, columns=columns)
-
-
-def missing_points(world: World, sweeps: Iterable[Sweep], concepts: Sequence[str], test: PromptTest,
-                   store: Store | None = None) -> int:
-    """How many points of the sweeps are not in the store yet."""
-    store = store or default_store()
-    return sum(store.key(**_point_parts(world, s.method, c, s.params(v), test)) not in store
-               for s in sweeps for v in s.values for c in concepts)
-
-
-def closest_point(table: pd.DataFrame, goal: Goal = GOAL) -> pd.Series:
-    """The row of ``table`` nearest the goal region (:meth:`Goal.shortfall`), ties broken by the higher
-    accuracy on the others."""
-    if table.empty:
-        raise ValueError("no points to choose from")
-    shortfall = [goal.shortfall(r.erased, r.others, r.others_base) for r in table.itertuples()]
-    order = pd.DataFrame({"shortfall": shortfall, "others": -table["others"].to_numpy()}, index=table.index)
-    return table.loc[order.sort_values(["shortfall", "others"]).index[0]]
 
 
 def closest_on_every_training(points: Mapping[Any, pd.DataFrame], goal: Goal = GOAL) -> Any:

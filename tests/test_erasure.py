@@ -385,7 +385,7 @@ def test_judged_generations_are_classified_and_cached(ldm, tmp_path, monkeypatch
     def boom(*args, **kwargs):
         raise AssertionError("regenerated although the result is stored")
 
-    monkeypatch.setattr(judging, "generate", boom)
+    monkeypatch.setattr(judging, "regenerate", boom)
     again = judged_generations(ldm, classifier, prompts, **kwargs)
     assert torch.equal(again.images, first.images) and list(again.labels["colour"]) == list(first.labels["colour"])
     with pytest.raises(AssertionError, match="regenerated"):
@@ -418,7 +418,7 @@ def test_generations_are_stored_without_their_judge_and_judged_on_load(ldm, tmp_
     def boom(*args, **kwargs):
         raise AssertionError("regenerated although the images are stored")
 
-    monkeypatch.setattr(judging, "generate", boom)
+    monkeypatch.setattr(judging, "regenerate", boom)
     second = judged_generations(ldm, second_judge, prompts, **kwargs)
     assert len(list((tmp_path / "store").rglob("*.json"))) == 1
     assert torch.equal(second.images, first.images)

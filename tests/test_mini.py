@@ -429,7 +429,7 @@ def test_generations_are_judged_per_attribute(mini_cache, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("generated again although the results store holds them")
 
-    monkeypatch.setattr(judging, "generate", boom)
+    monkeypatch.setattr(judging, "regenerate", boom)
     again = judge_generations(ldm, training.load_classifier("tiny"), grid, 2, seed=0, num_steps=2,
                               guidance_scale=3.0, progress=False)
     assert torch.equal(again.images, judged.images) and again.table.equals(judged.table)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .models import LDM
-from .sampling import generate
+from .sampling import regenerate, sample_seeds
 from .store import Store, default_store
 
 
@@ -87,7 +87,7 @@ def judged_generations(
     seed: int,
     num_steps: int,
     guidance_scale: float,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     store: Store | None = None,
     progress: bool = True,
 ) -> JudgedGenerations:
@@ -98,21 +98,57 @@ def judged_generations(
     store) as uint8, keyed by :func:`generation_parts`; the detector judges them as stored (each
     value a multiple of 1/255), whether they were just generated or found in the store.
     """
-    prompts = list(prompts)
-    if not prompts:
-        raise ValueError("judged_generations needs at least one prompt")
+    return judged_generations_many(ldm, detector, [(prompts, seed)], num_steps=num_steps,
+                                   guidance_scale=guidance_scale, batch_size=batch_size, store=store,
+                                   progress=progress)[0]
+
+
+def judged_generations_many(
+    ldm: LDM,
+    detector: Any,
+    requests: Sequence[tuple[Sequence[str], int]],
+    *,
+    num_steps: int,
+    guidance_scale: float,
+    batch_size: int | None = None,
+    store: Store | None = None,
+    progress: bool = True,
+) -> list[JudgedGenerations]:
+    """:func:`judged_generations` for several ``(prompts, seed)`` requests with one model, generated together.
+
+    Each request keeps its own seeds (drawn from its own generator, as alone) and its own store
+    entry; the requests missing from the store are sampled in shared batches, so that many small
+    requests (a prompt test's 54 images per concept) fill the UNet's large batches.
+    """
     store = store or default_store()
-    parts = generation_parts(ldm.weights_hash(), prompts, seed=seed, num_steps=num_steps,
-                             guidance_scale=guidance_scale)
+    model_hash = ldm.weights_hash()
+    parts, entries = [], []
+    for prompts, seed in requests:
+        prompts = list(prompts)
+        if not prompts:
+            raise ValueError("judged_generations needs at least one prompt")
+        parts.append(generation_parts(model_hash, prompts, seed=seed, num_steps=num_steps,
+                                      guidance_scale=guidance_scale))
+        entries.append(store.get(store.key(**parts[-1])))
+    missing = [i for i, e in enumerate(entries) if e is None]
+    if missing:
+        seeds = torch.cat([sample_seeds(ldm, len(parts[i]["prompts"]), torch.Generator().manual_seed(parts[i]["seed"]))
+                           for i in missing])
+        prompts = [p for i in missing for p in parts[i]["prompts"]]
+        images = regenerate(ldm, seeds, prompts, num_steps, guidance_scale, None, batch_size, progress)
+        images = (images * 255).round().to(torch.uint8)
+        start = 0
+        for i in missing:
+            n = len(parts[i]["prompts"])
+            entries[i] = store.put(store.key(**parts[i]), {"images": images[start:start + n]}, {"n": n},
+                                   parts=parts[i])
+            start += n
+    return [_judge(detector, part["prompts"], entry.tensors["images"].float() / 255)
+            for part, entry in zip(parts, entries)]
 
-    def compute():
-        generator = torch.Generator().manual_seed(int(seed))
-        _, images = generate(ldm, prompts, generator, num_steps, guidance_scale, batch_size=batch_size,
-                             progress=progress)
-        return {"images": (images * 255).round().to(torch.uint8)}, {"n": len(prompts)}
 
-    entry = store.get_or_compute(parts, compute)
-    images = entry.tensors["images"].float() / 255
+def _judge(detector: Any, prompts: list[str], images: torch.Tensor) -> JudgedGenerations:
+    """The detector's verdicts on ``images`` (generated from ``prompts``)."""
     proba = {head: p.float().cpu() for head, p in detector.predict_proba(images).items()}
     label_names = detector.label_names
     unknown = sorted(set(proba) - set(label_names))

@@ -24,6 +24,7 @@ import torch
 from diffusers import DDIMScheduler
 from tqdm.auto import tqdm
 
+from . import throughput
 from .models import LDM, decode_latents, encode_prompts
 
 UncondEmbeds = torch.Tensor | Sequence[torch.Tensor] | None
@@ -212,26 +213,33 @@ def regenerate(
     num_steps: int,
     guidance_scale: float = 1.0,
     uncond_embeds: torch.Tensor | None = None,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     progress: bool = True,
 ) -> torch.Tensor:
     """Images in [0, 1] (B, 3, H, W) sampled by DDIM from ``seeds`` (B, C, h, w) with ``prompts``.
 
     ``guidance_scale`` <= 1: conditional only (the official reconstruction uses 1); > 1:
-    classifier-free guidance against ``uncond_embeds`` (default: the empty prompt).
+    classifier-free guidance against ``uncond_embeds`` (default: the empty prompt). ``batch_size``
+    seeds at a time (None: :mod:`.throughput`'s rule), each batch with that rule's CPU threads.
     """
     if seeds.dim() != 4 or len(prompts) != seeds.shape[0]:
         raise ValueError(f"need (B, C, h, w) seeds and B prompts, got {tuple(seeds.shape)} and {len(prompts)}")
+    rows = 2 if uses_cfg(guidance_scale) else 1
+    if batch_size is None:
+        batch_size = throughput.unet_batch_size(ldm, seeds.shape[0], rows)
     _check_batch_size(batch_size)
+    device, _ = unet_placement(ldm)
     images = []
     starts = range(0, seeds.shape[0], batch_size)
     for start in tqdm(starts, desc="regenerate", disable=not progress or len(starts) < 2):
-        cond = encode_prompts(ldm, list(prompts[start:start + batch_size]))
-        uncond = None
-        if uncond_embeds is not None:
-            uncond = uncond_embeds if uncond_embeds.shape[0] == 1 else uncond_embeds[start:start + batch_size]
-        z0 = ddim_sample(ldm, seeds[start:start + batch_size], cond, num_steps, guidance_scale, uncond, progress)
-        images.append(decode_latents(ldm, z0))
+        batch = seeds[start:start + batch_size]
+        with throughput.threads_for_batch(rows * batch.shape[0], device):
+            cond = encode_prompts(ldm, list(prompts[start:start + batch_size]))
+            uncond = None
+            if uncond_embeds is not None:
+                uncond = uncond_embeds if uncond_embeds.shape[0] == 1 else uncond_embeds[start:start + batch_size]
+            z0 = ddim_sample(ldm, batch, cond, num_steps, guidance_scale, uncond, progress)
+            images.append(decode_latents(ldm, z0))
     return torch.cat(images)
 
 
@@ -247,7 +255,7 @@ def generate(
     generator: torch.Generator | None,
     num_steps: int,
     guidance_scale: float = 7.5,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     progress: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fresh seeds from N(0, I) (with ``generator``) and the images they give: (seeds, images01).

@@ -15,13 +15,13 @@ stale ones, a rerun serves finished records from disk and an interrupted run res
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from ..core import metrics
+from ..core import metrics, throughput
 from ..inversion import api as inversion
 from ..core.models import LDM, decode_latents, encode_images
 from ..core.images import ImageSet
@@ -47,6 +47,10 @@ class SetInversion:
     def __len__(self) -> int:
         return self.seeds.shape[0]
 
+    def part(self, start: int, end: int) -> "SetInversion":
+        """The results of images ``start`` to ``end - 1``."""
+        return SetInversion(**{f.name: getattr(self, f.name)[start:end] for f in fields(self)})
+
 
 def invert_set(
     ldm: LDM,
@@ -55,18 +59,22 @@ def invert_set(
     method: str = "renoise",
     num_steps: int | None = None,
     options: Mapping[str, Any] | None = None,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     desc: str | None = None,
 ) -> SetInversion:
     """Invert every image of ``images`` with ``ldm`` (batched, through ``store``).
 
     Records are keyed by :func:`record_key`; ``options`` are the method's (``inversion.invert``).
+    The images still missing from the store go ``batch_size`` at a time (None: as many as the
+    throughput rule puts in one UNet call, :func:`memories_lib.core.throughput.unet_batch_size`).
     """
     options = dict(options or {})
     config = inversion.resolve(method, num_steps, **options)  # unknown methods and options fail here
     model_hash = ldm.weights_hash()
     device, dtype = ldm.device.type, str(ldm.dtype)
     items = list(range(len(images)))
+    if batch_size is None:
+        batch_size = throughput.unet_batch_size(ldm, len(items), inversion.unet_rows_per_image(config))
 
     def key(i: int) -> dict[str, Any]:
         return record_key(model_hash, device, dtype, hash_tensor(images.images[i]), images.prompts[i], config)
@@ -77,7 +85,8 @@ def invert_set(
             ldm, x, [images.prompts[i] for i in batch], method=method, num_steps=num_steps,
             batch_size=batch_size, progress=False, **options,
         )
-        vae_only = decode_latents(ldm, encode_images(ldm, x))
+        with throughput.threads_for_batch(len(batch), ldm.device):
+            vae_only = decode_latents(ldm, encode_images(ldm, x))
         psnr = _psnr_or_nan(result.reconstruction, x)
         vae_psnr = metrics.psnr(vae_only, x)
         nll = metrics.nll(result.seeds)
@@ -101,6 +110,35 @@ def invert_set(
         nll=np.array([e.meta["nll"] for e in entries], dtype=float),
         diverged=np.array([e.meta["diverged"] for e in entries], dtype=bool),
     )
+
+
+def invert_sets(
+    ldm: LDM,
+    sets: Mapping[str, ImageSet],
+    store: Store,
+    method: str = "renoise",
+    num_steps: int | None = None,
+    options: Mapping[str, Any] | None = None,
+    batch_size: int | None = None,
+    desc: str | None = None,
+) -> dict[str, SetInversion]:
+    """:func:`invert_set` of several image sets with one model, fed to the UNet together.
+
+    The sets are inverted as one set (each image keeps its own record, so the result of an image
+    does not depend on the sets beside it), which lets a model's erased, reference and control
+    sets share large batches instead of each ending in a small one.
+    """
+    names = list(sets)
+    if not names:
+        return {}
+    joined = invert_set(ldm, stack_sets([sets[n] for n in names], "+".join(names)), store, method=method,
+                        num_steps=num_steps, options=options, batch_size=batch_size, desc=desc)
+    out, start = {}, 0
+    for name in names:
+        end = start + len(sets[name])
+        out[name] = joined.part(start, end)
+        start = end
+    return out
 
 
 def _psnr_or_nan(reconstruction: torch.Tensor, images: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..core.judging import judged_generations
+from ..core.judging import judged_generations_many
 from ..core.models import LDM
 from ..core.store import Store, default_store
 from ..erasure import erase, erased_path, resolve_params
@@ -108,13 +108,11 @@ def label_accuracies(world: World, ldm: LDM, concept: str, test: PromptTest, sto
     """The detector's accuracy on generations from each kind member's naming prompts."""
     detector = world.detector()
     kind = world.concept_kind(concept)
-    out = {}
-    for label in kind_members(world, concept):
-        judged = judged_generations(ldm, detector, world.naming_prompts(label, test.n),
-                                    seed=label_seed(world, label, test.seed), num_steps=test.num_steps,
-                                    guidance_scale=test.guidance_scale, store=store, progress=progress)
-        out[label] = judged.accuracy(kind, label)
-    return out
+    labels = kind_members(world, concept)
+    requests = [(world.naming_prompts(label, test.n), label_seed(world, label, test.seed)) for label in labels]
+    judged = judged_generations_many(ldm, detector, requests, num_steps=test.num_steps,
+                                     guidance_scale=test.guidance_scale, store=store, progress=progress)
+    return {label: j.accuracy(kind, label) for label, j in zip(labels, judged)}
 
 
 @dataclass(frozen=True)

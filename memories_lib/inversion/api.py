@@ -46,11 +46,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
+from ..core import throughput
 from ..core.models import LDM, decode_latents, encode_images, encode_prompts
 from .common import InversionResult, diverged_seeds
 from ..core.sampling import ddim_sample
@@ -307,6 +308,12 @@ def _check_images(images01: torch.Tensor, prompts: list[str]) -> None:
         raise ValueError(f"got {len(prompts)} prompts for {images01.shape[0]} images")
 
 
+def unet_rows_per_image(config: Mapping[str, Any]) -> int:
+    """UNet rows per image in one call of a method with the resolved ``config``: 2 when it guides (CFG) anywhere."""
+    scales = [config.get(k) for k in ("guidance_scale", "reconstruction_guidance")]
+    return 2 if any(s is not None and float(s) > 1.0 for s in scales) else 1
+
+
 def _check_batch_size(batch_size: int) -> None:
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
@@ -338,7 +345,7 @@ def invert(
     num_steps: int | None = None,
     regenerate: bool = True,
     return_trajectory: bool = False,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     progress: bool = True,
     **options: Any,
 ) -> InversionResult:
@@ -348,7 +355,8 @@ def invert(
     method's default (50, the official setting); ``options`` are the method's own (see
     ``METHODS[name].options``; unknown ones raise ValueError). With ``regenerate`` the seeds
     are sampled back the way the method reconstructs and decoded. Images are processed
-    ``batch_size`` at a time.
+    ``batch_size`` at a time (None: as many as :mod:`~memories_lib.core.throughput`'s rule
+    puts in one UNet call, in equal batches), each batch with that rule's CPU threads.
 
     Randomness (ReNoise's posterior sample and auto-correlation shifts) comes from one CPU
     generator per image seeded with the configuration's ``seed``, created afresh for every
@@ -357,9 +365,13 @@ def invert(
     (``result.config``). ``result.diverged`` flags non-finite or exploded seeds.
     """
     _check_images(images01, prompts)
-    _check_batch_size(batch_size)
     resolved = resolve(method, num_steps, **options)
     spec = get_method(method)
+    rows = unet_rows_per_image(resolved)
+    if batch_size is None:
+        batch_size = throughput.unet_batch_size(ldm, images01.shape[0], rows)
+    _check_batch_size(batch_size)
+    device = next(ldm.unet.parameters()).device
 
     seeds, latents, recon, recon_latents, trajectories, infos = [], [], [], [], [], []
     starts = range(0, images01.shape[0], batch_size)
@@ -369,19 +381,20 @@ def invert(
         generators = None
         if resolved["seed"] is not None:
             generators = [torch.Generator().manual_seed(int(resolved["seed"])) for _ in range(images.shape[0])]
-        z0 = encode_images(ldm, images, generators if resolved["posterior"] == "sample" else None)
-        cond = encode_prompts(ldm, batch_prompts)
-        out = spec.invert(ldm, z0, cond, resolved, generators=generators, return_trajectory=return_trajectory,
-                          progress=progress)
-        seeds.append(_cpu32(out.seeds))
-        latents.append(_cpu32(z0))
-        if out.trajectory is not None:
-            trajectories.append(_cpu32(out.trajectory))
-        infos.append(out.info)
-        if regenerate:
-            z0_rec = spec.reconstruct(ldm, out, cond, progress=progress)
-            recon_latents.append(_cpu32(z0_rec))
-            recon.append(decode_latents(ldm, z0_rec))
+        with throughput.threads_for_batch(rows * images.shape[0], device):
+            z0 = encode_images(ldm, images, generators if resolved["posterior"] == "sample" else None)
+            cond = encode_prompts(ldm, batch_prompts)
+            out = spec.invert(ldm, z0, cond, resolved, generators=generators, return_trajectory=return_trajectory,
+                              progress=progress)
+            seeds.append(_cpu32(out.seeds))
+            latents.append(_cpu32(z0))
+            if out.trajectory is not None:
+                trajectories.append(_cpu32(out.trajectory))
+            infos.append(out.info)
+            if regenerate:
+                z0_rec = spec.reconstruct(ldm, out, cond, progress=progress)
+                recon_latents.append(_cpu32(z0_rec))
+                recon.append(decode_latents(ldm, z0_rec))
 
     info = _merge_info(infos)
     all_seeds = torch.cat(seeds)

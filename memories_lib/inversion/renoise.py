@@ -206,22 +206,32 @@ def _auto_corr(x: torch.Tensor, generators: Sequence[torch.Generator | None] | N
 
     For every image and channel, from the full resolution down by 2x2 average pooling until
     the side is 8 or less: one random shift s in [0, side // 2) from the image's generator,
-    and the squared means of x * roll(x, s) along each spatial axis.
+    and the squared means of x * roll(x, s) along each spatial axis. The shifts are drawn image
+    by image, channel by channel, level by level (the order of the official per-image loop),
+    and the terms are computed for the whole batch at once.
     """
     generators = [None] * x.shape[0] if generators is None else generators
     if len(generators) != x.shape[0]:
         raise ValueError(f"got {len(generators)} generators for {x.shape[0]} images")
+    sides = [x.shape[2]]
+    while sides[-1] > 8:
+        sides.append(sides[-1] // 2)
+    draws = torch.tensor([[int(torch.randint(0, max(side // 2, 1), (1,), generator=generator))
+                           for _ in range(x.shape[1]) for side in sides]
+                          for generator in generators], device=x.device)
+    shifts = draws.reshape(x.shape[0], x.shape[1], len(sides))  # (image, channel, level)
     loss = x.new_zeros(())
-    for b, generator in enumerate(generators):
-        for c in range(x.shape[1]):
-            level = x[b : b + 1, c : c + 1]
-            while True:
-                shift = int(torch.randint(0, max(level.shape[2] // 2, 1), (1,), generator=generator))
-                for dim in (2, 3):
-                    loss = loss + (level * torch.roll(level, shifts=shift, dims=dim)).mean() ** 2
-                if level.shape[2] <= 8:
-                    break
-                level = F.avg_pool2d(level, kernel_size=2)
+    level = x
+    for index in range(len(sides)):
+        if index:
+            level = F.avg_pool2d(level, kernel_size=2)
+        s = shifts[:, :, index, None]
+        for dim in (2, 3):
+            n = level.shape[dim]
+            rows = (torch.arange(n, device=x.device) - s) % n  # roll by s: entry i takes entry i - s
+            shape = (*rows.shape, 1) if dim == 2 else (*rows.shape[:2], 1, n)
+            rolled = torch.gather(level, dim, rows.reshape(shape).expand_as(level))
+            loss = loss + ((level * rolled).mean(dim=(2, 3)) ** 2).sum()
     return loss
 
 

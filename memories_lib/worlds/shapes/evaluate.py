@@ -77,7 +77,7 @@ def judge_generations(
     seed: int,
     num_steps: int = 50,
     guidance_scale: float = 4.0,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     store: Store | None = None,
     progress: bool = True,
 ) -> GenerationJudgement:

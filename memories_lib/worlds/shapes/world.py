@@ -59,6 +59,16 @@ from .training import STAGES, ensure_trained, load_classifier, load_contrastive,
 #: A stable number per concept, for the seeds of its data (the order of the classifier's labels).
 CONCEPT_IDS: tuple[str, ...] = SHAPES + BACKGROUNDS
 
+
+def erased_set_seed(concept: str, seed: int, attempt: int = 0) -> int:
+    """The generator seed of the z_T of ``concept``'s erased set, round ``attempt``: one stream per concept.
+
+    The streams of two concepts, and the control set's (``seed + 7919 + attempt``), never share a
+    seed for the same ``seed``, so no two sets start an image from the same z_T.
+    """
+    return int(seed) + 10_000 * (1 + CONCEPT_IDS.index(concept)) + int(attempt)
+
+
 #: The heads of the classifier whose labels are concepts (colour is an attribute, not a concept).
 CONCEPT_HEADS: tuple[str, ...] = ("shape", "background")
 
@@ -233,7 +243,8 @@ class ShapesWorld(World):
                    attempts: int = 4) -> ImageSet:
         """Generations of the base model that the classifier judges to show ``concept``.
 
-        Up to ``attempts`` rounds of 2n generations from seeded captions; a set that stays short
+        Up to ``attempts`` rounds of 2n generations from seeded captions and seeds z_T of the
+        concept's own stream (:func:`erased_set_seed`); a set that stays short
         is returned as it is (``info`` says how many were tried and kept). Without ``filtered``
         every generation is kept (for an untrained classifier).
         """
@@ -248,7 +259,8 @@ class ShapesWorld(World):
         for attempt in range(attempts):
             m = 2 * n
             prompts = self.caption_sample(concept, m, seed + 1000 * attempt + 10 * CONCEPT_IDS.index(concept))
-            judged = judged_generations(self.base_model(progress), self.detector(), prompts, seed=seed + attempt,
+            judged = judged_generations(self.base_model(progress), self.detector(), prompts,
+                                        seed=erased_set_seed(concept, seed, attempt),
                                         num_steps=num_steps, guidance_scale=self.profile.guidance_scale,
                                         store=store, progress=progress)
             ok = np.flatnonzero(judged.labels[head] == concept) if filtered else np.arange(m)

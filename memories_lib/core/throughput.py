@@ -1,0 +1,218 @@
+"""How to feed the UNet: batch sizes under a memory budget, and torch's CPU threads per batch.
+
+Nearly all of the book's time is UNet forwards, and on a CPU a small model's throughput depends
+far more on how many rows go into one call than on anything else. Measured on the shapes world's
+UNet (0.074 GFLOP per row, fp32, a 2-core machine, one call, issue 10 of this project):
+
+==========  ====================  =====================
+UNet rows   1 thread, rows/s      2 threads, rows/s
+==========  ====================  =====================
+1           114                   84
+16          622                   527
+64          794                   737
+128         893                   1163
+256         932                   1267
+==========  ====================  =====================
+
+Two rules follow, written here once and used by every loop of the library:
+
+* **Batch size**: as many rows as fit, up to :data:`TARGET_ROWS` (256, where the table
+  flattens), limited by a memory budget (:func:`memory_budget`) over the bytes one row costs
+  (:func:`row_bytes`, measured once per model), and split into *equal* batches (300 images are
+  two batches of 150, not 256 and 44: a small last batch runs at a small batch's rate).
+* **Threads**: every core only for batches of at least :data:`MULTI_THREAD_ROWS` (128) rows;
+  below that, one thread (two threads are slower than one at 16 to 64 rows: they spend the
+  call waiting on each other). ``$MEMORIES_THREADS``, when set, is the most threads any call
+  uses (set it to 1 when other jobs keep the machine busy, or when running several processes).
+
+On a GPU the thread rule does not apply and the budget is the device's free memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+from typing import Iterator
+
+import torch
+
+#: Rows per UNet call where the measured throughput stops growing (see the module's table).
+TARGET_ROWS = 256
+#: The smallest UNet batch at which every core beats one thread (see the module's table).
+MULTI_THREAD_ROWS = 128
+#: Share of the available memory that one batch may take, unless ``$MEMORIES_MEMORY_BUDGET`` says otherwise.
+BUDGET_SHARE = 0.25
+
+_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def max_threads() -> int:
+    """The most torch CPU threads to use: ``$MEMORIES_THREADS``, else every core of the machine.
+
+    The count is fixed rather than read from the machine's load, because floating-point
+    results are bit-for-bit reproducible only for a given thread count.
+    """
+    value = os.environ.get("MEMORIES_THREADS", "").strip()
+    if value:
+        try:
+            threads = int(value)
+        except ValueError:
+            raise ValueError(f"MEMORIES_THREADS must be a positive integer, got {value!r}") from None
+        if threads < 1:
+            raise ValueError(f"MEMORIES_THREADS must be a positive integer, got {value!r}")
+        return threads
+    return os.cpu_count() or 1
+
+
+def threads_for(rows: int) -> int:
+    """Torch CPU threads for one UNet call of ``rows`` rows (the module's rule)."""
+    return max_threads() if rows >= MULTI_THREAD_ROWS else 1
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Torch's CPU thread count set to ``threads`` inside the block, restored after."""
+    old = torch.get_num_threads()
+    if threads != old:
+        torch.set_num_threads(max(1, int(threads)))
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != old:
+            torch.set_num_threads(old)
+
+
+def threads_for_batch(rows: int, device: torch.device | str = "cpu") -> contextlib.AbstractContextManager:
+    """The thread setting for a batch of ``rows`` UNet rows on ``device`` (nothing changes off the CPU)."""
+    if torch.device(device).type != "cpu":
+        return contextlib.nullcontext()
+    return torch_threads(threads_for(rows))
+
+
+def parse_bytes(text: str) -> int:
+    """``"512M"``, ``"4G"``, ``"1.5g"`` or a plain number of bytes, as bytes."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)i?[bB]?\s*", str(text))
+    if not match:
+        raise ValueError(f"not a size in bytes: {text!r} (e.g. 512M, 4G or 1000000)")
+    value = float(match.group(1)) * _UNITS[match.group(2).lower()]
+    if value <= 0:
+        raise ValueError(f"a memory budget must be positive, got {text!r}")
+    return int(value)
+
+
+def available_memory(device: torch.device | str = "cpu") -> int:
+    """Bytes free for new tensors on ``device``: the CUDA allocator's free memory, or the system's available RAM."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30
+
+
+def memory_budget(device: torch.device | str = "cpu") -> int:
+    """Bytes one batch may use: ``$MEMORIES_MEMORY_BUDGET`` (e.g. ``2G``), else a quarter of what is available."""
+    value = os.environ.get("MEMORIES_MEMORY_BUDGET", "").strip()
+    if value:
+        try:
+            return parse_bytes(value)
+        except ValueError as err:
+            raise ValueError(f"MEMORIES_MEMORY_BUDGET: {err}") from None
+    return int(BUDGET_SHARE * available_memory(device))
+
+
+_ROW_BYTES: dict[tuple, int] = {}
+
+
+def row_bytes(unet: torch.nn.Module, sample_shape: tuple[int, ...], context_shape: tuple[int, ...]) -> int:
+    """Bytes that one row of a UNet call keeps alive: the sum of every module's output for a batch of 1.
+
+    That sum is what autograd keeps for a backward pass, so it bounds a forward without
+    gradients from above as well. Measured with one forward of one row (a zero latent and zero
+    text embeddings of ``context_shape`` = (tokens, width)) and remembered per model and shape.
+    """
+    param = next(unet.parameters())
+    key = (id(unet), tuple(sample_shape), tuple(context_shape), param.dtype, param.device.type)
+    if key in _ROW_BYTES:
+        return _ROW_BYTES[key]
+    total = 0
+
+    def count(_module, _inputs, output) -> None:
+        nonlocal total
+        for t in output if isinstance(output, (tuple, list)) else (output,):
+            if isinstance(t, torch.Tensor):
+                total += t.numel() * t.element_size()
+            elif hasattr(t, "sample") and isinstance(t.sample, torch.Tensor):
+                total += t.sample.numel() * t.sample.element_size()
+
+    hooks = [m.register_forward_hook(count) for m in unet.modules()]
+    try:
+        with torch.no_grad():
+            x = torch.zeros((1, *sample_shape), device=param.device, dtype=param.dtype)
+            c = torch.zeros((1, *context_shape), device=param.device, dtype=param.dtype)
+            unet(x, torch.tensor(1, device=param.device), encoder_hidden_states=c)
+    finally:
+        for h in hooks:
+            h.remove()
+    _ROW_BYTES[key] = max(1, total)
+    return _ROW_BYTES[key]
+
+
+def split_evenly(n: int, most: int) -> int:
+    """The batch size that covers ``n`` items in the fewest batches of at most ``most``, as equal as possible."""
+    if n < 1:
+        return 1
+    most = max(1, int(most))
+    return math.ceil(n / math.ceil(n / most))
+
+
+def batch_size(
+    n: int,
+    rows_per_item: int = 1,
+    *,
+    bytes_per_row: int | None = None,
+    budget: int | None = None,
+    device: torch.device | str = "cpu",
+    target_rows: int = TARGET_ROWS,
+) -> int:
+    """How many of ``n`` items to put in one batch (each item costs ``rows_per_item`` UNet rows).
+
+    At most ``target_rows`` rows per call and, with ``bytes_per_row`` (:func:`row_bytes`), at
+    most what fits in ``budget`` (default :func:`memory_budget`); then split evenly over the
+    fewest batches. At least 1.
+    """
+    if n < 0 or rows_per_item < 1:
+        raise ValueError(f"need n >= 0 and rows_per_item >= 1, got {n} and {rows_per_item}")
+    most = max(1, target_rows // rows_per_item)
+    if bytes_per_row is not None:
+        budget = memory_budget(device) if budget is None else int(budget)
+        most = min(most, max(1, budget // (bytes_per_row * rows_per_item)))
+    return split_evenly(n, most)
+
+
+def unet_batch_size(ldm, n: int, rows_per_item: int = 1, *, budget: int | None = None) -> int:
+    """:func:`batch_size` for ``n`` items through ``ldm``'s UNet, with the bytes of one row measured on it."""
+    unet = ldm.unet
+    param = next(unet.parameters())
+    sample_shape = tuple(ldm.latent_shape)
+    context_shape = (ldm.tokenizer.model_max_length, unet.config.cross_attention_dim)
+    per_row = row_bytes(unet, sample_shape, context_shape)
+    return batch_size(n, rows_per_item, bytes_per_row=per_row, budget=budget, device=param.device)
+
+
+__all__ = [
+    "BUDGET_SHARE", "MULTI_THREAD_ROWS", "TARGET_ROWS", "available_memory", "batch_size", "max_threads",
+    "memory_budget", "parse_bytes", "row_bytes", "split_evenly", "threads_for", "threads_for_batch",
+    "torch_threads", "unet_batch_size",
+]

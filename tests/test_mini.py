@@ -458,3 +458,17 @@ def test_training_threads_are_fixed_not_read_from_the_load(monkeypatch):
         monkeypatch.setenv("MEMORIES_THREADS", bad)
         with pytest.raises(ValueError, match="MEMORIES_THREADS"):
             training.default_threads()
+
+
+def test_judges_trained_in_a_second_process_equal_those_trained_here(trained, tmp_path, monkeypatch):
+    # The fixture trained every stage in this process with one thread; with two allowed threads the
+    # judges train in a spawned process (one thread) beside the VAE and LDM (one thread): the same weights.
+    monkeypatch.setenv("MEMORIES_CACHE", str(tmp_path))
+    monkeypatch.setenv("MEMORIES_THREADS", "2")
+    training.ensure_trained("tiny", progress=False)
+    for stage in training.STAGES:
+        here = training.stage_path("tiny", stage)
+        there = trained[0] / "worlds" / here.name
+        assert here.is_dir() and there.is_dir(), stage
+        for weights in sorted(there.rglob("*.safetensors")):
+            assert (here / weights.relative_to(there)).read_bytes() == weights.read_bytes(), weights

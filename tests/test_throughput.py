@@ -166,3 +166,26 @@ def test_every_concept_draws_its_erased_set_from_its_own_seeds():
     seeds = [erased_set_seed(c, 0, attempt) for c in CONCEPT_IDS for attempt in range(4)]
     control = [0 + 7919 + attempt for attempt in range(4)]  # the control set's (worlds.base)
     assert len(set(seeds)) == len(seeds) and not set(seeds) & set(control)
+
+
+def test_erased_models_computed_in_parallel_processes_equal_those_computed_here(tmp_path, monkeypatch):
+    from memories_lib.core.models import hash_modules
+    from memories_lib.experiments.models import erased_model, missing_erased_models, prepare_erased_models
+    from memories_lib.worlds import open_world
+
+    monkeypatch.setenv("MEMORIES_THREADS", "2")  # two workers of one thread each
+    monkeypatch.setenv("MEMORIES_CACHE", str(tmp_path / "parallel"))
+    world = open_world("tiny")
+    pairs = [("esd-x", "triangle"), ("esd-u", "triangle")]
+    assert missing_erased_models(world, ["esd-x", "esd-u"], ["triangle"]) == pairs
+    assert prepare_erased_models(world, ["esd-x", "esd-u"], ["triangle"], progress=False) == 2
+    assert missing_erased_models(world, ["esd-x", "esd-u"], ["triangle"]) == []
+    there = {pair: hash_modules(erased_model(world, *pair).load(world.load_model).unet) for pair in pairs}
+
+    monkeypatch.setenv("MEMORIES_THREADS", "1")
+    monkeypatch.setenv("MEMORIES_CACHE", str(tmp_path / "here"))
+    world = open_world("tiny")
+    with torch.random.fork_rng():
+        torch.set_num_threads(1)
+        here = {pair: hash_modules(erased_model(world, *pair).load(world.load_model).unet) for pair in pairs}
+    assert here == there

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..core.profile import Profile
+from ..experiments.models import missing_erased_models, prepare_erased_models
 from ..worlds import open_world
 from . import execute, mathjax, statistics
 from .parameters import ParameterError, as_profile, chapter_parameters, notebook_parameters
@@ -37,12 +38,20 @@ def prepare_models(profile: str | Path | Profile, progress: bool = True) -> None
     """Build or train the profile's models here, before any chapter runs.
 
     The first build of the ``mini`` world trains it for many minutes; done here, its progress
-    bars show in the terminal instead of disappearing into a chapter's kernel.
+    bars show in the terminal instead of disappearing into a chapter's kernel. The profile's
+    erased models follow, several at once (:func:`~memories_lib.experiments.models.prepare_erased_models`),
+    so that the chapters find them in the cache.
     """
     p = as_profile(profile)
     if progress:
         print(f"[memories] preparing the models of profile {p.name!r} (world {p.world.kind})", file=sys.stderr)
-    open_world(p).prepare(progress=progress)
+    world = open_world(p)
+    world.prepare(progress=progress)
+    missing = missing_erased_models(world)
+    if missing and progress:
+        print(f"[memories] computing {len(missing)} erased models ({', '.join(sorted({n for n, _ in missing}))}) "
+              f"for the chapters, in parallel processes", file=sys.stderr)
+    prepare_erased_models(world, progress=progress)
 
 
 def build_book(

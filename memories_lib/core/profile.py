@@ -16,6 +16,7 @@ profile's *name*; it reads the profile's fields.
 
 from __future__ import annotations
 
+import copyreg
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,15 @@ def _frozen(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return tuple(_frozen(v) for v in value)
     return value
+
+
+# A profile goes to worker processes (core.parallel) by pickle; its read-only mappings pickle as
+# dicts and come back read-only.
+def _read_only(mapping: dict) -> Mapping:
+    return MappingProxyType(mapping)
+
+
+copyreg.pickle(MappingProxyType, lambda m: (_read_only, (dict(m),)))
 
 
 def thaw(value: Any) -> Any:

@@ -84,6 +84,14 @@ def _complete(path: Path) -> bool:
     return (path / "model_index.json").is_file() and (path / INFO_FILE).is_file()
 
 
+def is_cached(base: LDM, method: str, concept: ConceptPrompts, params: Mapping[str, Any] | None = None) -> bool:
+    """Whether :func:`erase` would read this model from the cache (a method that loads a checkpoint: always)."""
+    spec = get_method(method)
+    if spec.load is not None:
+        return True
+    return _complete(_folder(base.weights_hash(), method, concept, resolve_params(method, params, concept)))
+
+
 def erase(
     base: LDM,
     method: str,

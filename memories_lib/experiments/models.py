@@ -12,7 +12,9 @@ from typing import Any, Mapping, Sequence
 
 from ..core.models import LDM
 from ..core.profile import ErasedModelSpec
+from ..core import parallel
 from ..erasure import ErasedModel, erase, get_method, resolve_params
+from ..erasure.cache import is_cached
 from ..worlds.base import World
 
 #: The name of the unerased base model in every list of models.
@@ -67,6 +69,39 @@ def erased_model(world: World, name: str, concept: str, *, overrides: Mapping[st
     spec = spec_of(world, name)
     return erase(world.base_model(), spec.method, world.concept_prompts(concept), params_of(world, name, overrides),
                  measure_ratio=measure_ratio, progress=progress)
+
+
+def missing_erased_models(world: World, names: Sequence[str] | None = None,
+                          concepts: Sequence[str] | None = None) -> list[tuple[str, str]]:
+    """The (model name, concept) pairs of the profile (or of ``names`` x ``concepts``) not computed yet."""
+    names = check_models(world, names or erased_model_names(world), concepts or world.profile.concepts,
+                         vanilla=False)
+    base = world.base_model()
+    return [(name, concept) for name in names for concept in (concepts or world.profile.concepts)
+            if not is_cached(base, spec_of(world, name).method, world.concept_prompts(concept),
+                             params_of(world, name))]
+
+
+def prepare_erased_models(world: World, names: Sequence[str] | None = None, concepts: Sequence[str] | None = None,
+                          *, workers: int | None = None, progress: bool = True) -> int:
+    """Compute the erased models that are not cached yet, several at once; return how many were computed.
+
+    An erasure method fine-tunes at a small batch (ESD: 4 latents a step), where a second torch
+    thread gains nothing; so the models are computed in parallel processes, one per core
+    (:func:`memories_lib.core.parallel.map_processes`), each into the cache that the chapters read.
+    """
+    todo = missing_erased_models(world, names, concepts)
+    parallel.map_processes(_erase_one, [(world.profile, name, concept) for name, concept in todo], workers=workers,
+                           label=lambda item: f"erased model {item[1]} for {item[2]!r}", quiet=not progress)
+    return len(todo)
+
+
+def _erase_one(item: tuple[str, str, str]) -> float:
+    """Compute one erased model in a worker process (the world opened from the profile); its seconds."""
+    from ..worlds import open_world
+
+    profile, name, concept = item
+    return float(erased_model(open_world(profile), name, concept).info.get("seconds", 0.0))
 
 
 def load_model(world: World, name: str, concept: str) -> LDM:

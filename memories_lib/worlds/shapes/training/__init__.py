@@ -21,7 +21,7 @@ Training is deterministic given the config's seed (on one device and thread coun
 from __future__ import annotations
 
 import contextlib
-import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -29,6 +29,8 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from ....core.models import save_ldm
+from ....core.parallel import executor as parallel_executor
+from ....core.throughput import max_threads
 from ....core.store import locked_beside
 from ..classifier import ShapesClassifier
 from ..config import resolve_config
@@ -72,16 +74,7 @@ def default_threads() -> int:
     other processes keep busy, set ``MEMORIES_THREADS=1``: oversubscribed threads wait on
     each other and can make every step several times slower.
     """
-    value = os.environ.get("MEMORIES_THREADS", "").strip()
-    if value:
-        try:
-            threads = int(value)
-        except ValueError:
-            raise ValueError(f"MEMORIES_THREADS must be a positive integer, got {value!r}") from None
-        if threads < 1:
-            raise ValueError(f"MEMORIES_THREADS must be a positive integer, got {value!r}")
-        return threads
-    return os.cpu_count() or 1
+    return max_threads()
 
 
 @contextlib.contextmanager
@@ -137,6 +130,7 @@ def ensure_trained(
     device: str = "cpu",
     threads: int | None = None,
     progress: bool = True,
+    parallel: bool = True,
 ) -> Path:
     """Train whatever of ``stages`` is not cached yet; return the diffusers folder of the world's LDM.
 
@@ -144,7 +138,11 @@ def ensure_trained(
     Each stage is written atomically and skipped when present, so an interrupted run
     resumes at the stage it was in. ``threads`` sets torch's CPU threads while training
     (default: :func:`default_threads`), restored afterwards; results are bit-for-bit
-    reproducible for a given device and thread count.
+    reproducible for a given device and thread count. With ``parallel``, the default threads
+    and at least two cores, the judges (classifier, contrastive model) train in a second process
+    beside the VAE and the LDM, one half of the cores each (the stages' batches of 32 to 128 rows
+    gain nothing from a second thread, :mod:`memories_lib.core.throughput`): the same models as
+    two single-thread trainings, in the time of the longer chain.
     """
     cfg = resolve_config(config)
     unknown = [s for s in stages if s not in STAGES]
@@ -154,14 +152,41 @@ def ensure_trained(
     if "unet" in needed:
         needed.add("vae")  # the LDM cannot be trained without its autoencoder
     needed_in_order = [s for s in STAGES if s in needed]
+    missing = missing_stages(cfg, needed_in_order)
+    beside = [s for s in missing if s in JUDGE_STAGES]
+    if parallel and threads is None and max_threads() >= 2 and beside and len(beside) < len(missing):
+        # The judges do not need the LDM: train them in a second process while this one trains the
+        # VAE and the LDM, each process with its share of the cores (one thread each on two cores).
+        with parallel_executor(2) as pool:
+            side = pool.submit(_train_quietly, cfg, tuple(beside), device)
+            _train_stages(cfg, [s for s in missing if s not in beside], device, max(1, max_threads() // 2),
+                          progress)
+            side.result()
+            if progress:
+                print(f"[memories] trained the judges ({', '.join(beside)}) in a second process", file=sys.stderr)
+    else:
+        _train_stages(cfg, missing, device, threads, progress)
+    return stage_path(cfg, "unet")
+
+
+#: The stages that do not depend on the LDM (the judges), trained beside it when there are cores to spare.
+JUDGE_STAGES = ("classifier", "contrastive")
+
+
+def _train_stages(cfg: dict[str, Any], stages: Sequence[str], device: str, threads: int | None,
+                  progress: bool) -> None:
     data = TrainingData(cfg, progress=progress)  # drawn on first use: at most once per call, shared by the stages
-    for stage in missing_stages(cfg, needed_in_order):
+    for stage in stages:
         target = stage_path(cfg, stage)
         with locked_beside(target):  # another process may have trained it meanwhile: look again under the lock
             if not target.is_dir():
                 with _torch_threads(threads):
                     _run_stage(stage, cfg, data, device, progress)
-    return stage_path(cfg, "unet")
+
+
+def _train_quietly(cfg: dict[str, Any], stages: tuple[str, ...], device: str) -> None:
+    """Train ``stages`` without progress bars (in a worker process; its threads come from the worker's share)."""
+    _train_stages(cfg, stages, device, None, progress=False)
 
 
 def load_classifier(config: Config = None, device: str = "cpu", progress: bool = True) -> ShapesClassifier:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import logging
 import re
 import shutil
@@ -491,6 +492,7 @@ def test_build_book_prepares_the_models_before_the_first_chapter(root, monkeypat
     monkeypatch.setattr(book.mathjax, "vendor_mathjax", lambda root: None)
     monkeypatch.setattr(book.build, "prepare_models", prepare)
     monkeypatch.setattr(book.execute, "run_notebook", run_notebook)
+    monkeypatch.setenv("MEMORIES_THREADS", "1")  # one chapter at a time, in this process (where the patches are)
     with pytest.raises(BookError, match="stop after"):
         book.build_book("tiny", {}, root, progress=False)
     assert calls == ["models", "01_params"]
@@ -600,3 +602,17 @@ def test_erasure_sweeps_and_the_prompt_test_reach_chapters_3_and_4(built_book):
     memory = (built_book.html / book.EXECUTED_DIR / "04_concept_memory.html").read_text()
     assert ": passes" in memory or ": FAILS" in memory
     assert "pass the prompt test" in memory
+
+
+def test_chapters_run_side_by_side_in_processes(root, monkeypatch, memories_cache):
+    # Two allowed threads: two chapters at a time, each in a process of its own with one thread.
+    monkeypatch.setenv("MEMORIES_THREADS", "2")
+    plans = [(c, book.chapter_parameters(c, "tiny")) for c in book.chapters(root)][:2]
+    book.build.execute_chapters(plans, root, progress=False)
+    for chapter, _ in plans:
+        nb = nbformat.read(chapter.executed, as_version=4)
+        assert nb.metadata["papermill"]["parameters"]["profile"] == "tiny"
+    log = plans[0][0].executed.parent / book.statistics.LOG_NAME
+    runs = [json.loads(line) for line in log.read_text().splitlines()][-2:]
+    assert sorted(r["chapter"] for r in runs) == sorted(c.name for c, _ in plans)
+    assert all(r["machine"]["memories_threads"] == "1" for r in runs)  # each process had one share of the cores

@@ -21,7 +21,7 @@ import torch
 
 from .models import LDM
 from .sampling import regenerate, sample_seeds
-from .store import Store, default_store
+from .store import Store, default_store, locked_beside
 
 
 @dataclass
@@ -132,6 +132,20 @@ def judged_generations_many(
         entries.append(store.get(store.key(**parts[-1])))
     missing = [i for i, e in enumerate(entries) if e is None]
     if missing:
+        # One model's generations are made by one process at a time (two chapters running side by
+        # side ask for the same prompt tests): whoever comes second reads what the first stored.
+        with locked_beside(store.root / "locks" / f"generations-{model_hash}"):
+            _generate_missing(ldm, store, parts, entries, num_steps, guidance_scale, batch_size, progress)
+    return [_judge(detector, part["prompts"], entry.tensors["images"].float() / 255)
+            for part, entry in zip(parts, entries)]
+
+
+def _generate_missing(ldm: LDM, store: Store, parts: list[dict[str, Any]], entries: list, num_steps: int,
+                      guidance_scale: float, batch_size: int | None, progress: bool) -> None:
+    """Fill the ``None`` slots of ``entries`` (looked up again, then generated together and stored)."""
+    entries[:] = [e if e is not None else store.get(store.key(**part)) for part, e in zip(parts, entries)]
+    missing = [i for i, e in enumerate(entries) if e is None]
+    if missing:
         seeds = torch.cat([sample_seeds(ldm, len(parts[i]["prompts"]), torch.Generator().manual_seed(parts[i]["seed"]))
                            for i in missing])
         prompts = [p for i in missing for p in parts[i]["prompts"]]
@@ -143,8 +157,6 @@ def judged_generations_many(
             entries[i] = store.put(store.key(**parts[i]), {"images": images[start:start + n]}, {"n": n},
                                    parts=parts[i])
             start += n
-    return [_judge(detector, part["prompts"], entry.tensors["images"].float() / 255)
-            for part, entry in zip(parts, entries)]
 
 
 def _judge(detector: Any, prompts: list[str], images: torch.Tensor) -> JudgedGenerations:

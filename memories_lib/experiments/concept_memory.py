@@ -61,12 +61,14 @@ def invert_set(
     options: Mapping[str, Any] | None = None,
     batch_size: int | None = None,
     desc: str | None = None,
+    progress: bool = True,
 ) -> SetInversion:
     """Invert every image of ``images`` with ``ldm`` (batched, through ``store``).
 
     Records are keyed by :func:`record_key`; ``options`` are the method's (``inversion.invert``).
     The images still missing from the store go ``batch_size`` at a time (None: as many as the
     throughput rule puts in one UNet call, :func:`memories_lib.core.throughput.unet_batch_size`).
+    With ``progress``, the inversion's steps show (a batch of a few hundred images takes minutes).
     """
     options = dict(options or {})
     config = inversion.resolve(method, num_steps, **options)  # unknown methods and options fail here
@@ -83,7 +85,7 @@ def invert_set(
         x = images.images[batch]
         result = inversion.invert(
             ldm, x, [images.prompts[i] for i in batch], method=method, num_steps=num_steps,
-            batch_size=batch_size, progress=False, **options,
+            batch_size=batch_size, progress=progress, **options,
         )
         with throughput.threads_for_batch(len(batch), ldm.device):
             vae_only = decode_latents(ldm, encode_images(ldm, x))
@@ -121,6 +123,7 @@ def invert_sets(
     options: Mapping[str, Any] | None = None,
     batch_size: int | None = None,
     desc: str | None = None,
+    progress: bool = True,
 ) -> dict[str, SetInversion]:
     """:func:`invert_set` of several image sets with one model, fed to the UNet together.
 
@@ -132,7 +135,8 @@ def invert_sets(
     if not names:
         return {}
     joined = invert_set(ldm, stack_sets([sets[n] for n in names], "+".join(names)), store, method=method,
-                        num_steps=num_steps, options=options, batch_size=batch_size, desc=desc)
+                        num_steps=num_steps, options=options, batch_size=batch_size, desc=desc,
+                        progress=progress)
     out, start = {}, 0
     for name in names:
         end = start + len(sets[name])

@@ -22,9 +22,9 @@ from typing import Sequence
 
 import torch
 from diffusers import DDIMScheduler
-from tqdm.auto import tqdm
 
 from .models import LDM, decode_latents, encode_prompts
+from .progress import tqdm
 
 UncondEmbeds = torch.Tensor | Sequence[torch.Tensor] | None
 

@@ -13,7 +13,7 @@ from ..core import parallel
 from ..core.profile import Profile
 from ..experiments.models import missing_erased_models, prepare_erased_models
 from ..worlds import open_world
-from . import execute, mathjax, statistics
+from . import execute, mathjax, statistics, terminal
 from .parameters import ParameterError, as_profile, chapter_parameters, notebook_parameters
 from .toc import EXECUTED_DIR, BookError, Chapter, chapters, find_root
 
@@ -70,8 +70,17 @@ def execute_chapters(plans: list[tuple[Chapter, dict[str, Any]]], root: Path, pr
     n = parallel.worker_count(len(tasks), workers)
     if progress and n > 1:
         print(f"[memories] executing {len(tasks)} chapters, {n} at a time", file=sys.stderr)
-    parallel.map_processes(_execute_one, tasks, workers=n, label=lambda task: f"chapter {task[0].name}",
-                           quiet=not progress)
+    previous = os.environ.get(terminal.LINES_ENV)
+    if n > 1:  # the chapters share the terminal: each prints plain lines instead of rewriting one
+        os.environ[terminal.LINES_ENV] = "1"
+    try:
+        parallel.map_processes(_execute_one, tasks, workers=n, label=lambda task: f"chapter {task[0].name}",
+                               quiet=not progress)
+    finally:
+        if previous is None:
+            os.environ.pop(terminal.LINES_ENV, None)
+        else:
+            os.environ[terminal.LINES_ENV] = previous
 
 
 def _execute_one(task: tuple[Chapter, dict[str, Any], Path, bool]) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..core.profile import Profile
-from . import statistics
+from . import statistics, terminal
 from .parameters import as_profile, chapter_parameters
 from .toc import BookError, Chapter, read_notebook
 
@@ -30,6 +30,8 @@ def run_notebook(chapter: Chapter, parameters: Mapping[str, Any], output: Path, 
 
     A successful run is appended to the execution log beside ``output`` (``statistics``): its
     duration, and whether it found everything in the cache (warm) or computed something (cold).
+    With ``progress``, stderr shows the cells and the library's loops and notes as the kernel runs
+    them (``terminal``); they never reach the notebook.
     """
     import jupytext
     import papermill
@@ -42,7 +44,8 @@ def run_notebook(chapter: Chapter, parameters: Mapping[str, Any], output: Path, 
     cache_before = statistics.count_cache_files()
     start = time.perf_counter()
     try:
-        with tempfile.TemporaryDirectory(prefix="memories-run-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="memories-run-") as tmp, \
+                terminal.chapter_progress(chapter.name, progress) as progress_bar:
             ipynb = Path(tmp) / f"{chapter.name}.ipynb"
             jupytext.write(nb, ipynb)
             papermill.execute_notebook(
@@ -51,7 +54,7 @@ def run_notebook(chapter: Chapter, parameters: Mapping[str, Any], output: Path, 
                 parameters=dict(parameters),
                 kernel_name=KERNEL_NAME,
                 cwd=str(chapter.root),
-                progress_bar=progress,
+                progress_bar=progress_bar,
             )
     except PapermillExecutionError as err:
         first_line = next((line for line in err.source.splitlines() if line.strip()), "")

@@ -23,7 +23,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from tqdm.auto import tqdm
+
+from .progress import tqdm
 
 EIGHT_BIT_MODES = frozenset({"1", "L", "P", "RGB", "RGBA", "LA", "PA", "RGBX", "RGBa", "La", "CMYK", "YCbCr"})
 ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})

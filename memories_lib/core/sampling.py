@@ -22,10 +22,10 @@ from typing import Sequence
 
 import torch
 from diffusers import DDIMScheduler
-from tqdm.auto import tqdm
 
 from . import throughput
 from .models import LDM, decode_latents, encode_prompts
+from .progress import tqdm
 
 UncondEmbeds = torch.Tensor | Sequence[torch.Tensor] | None
 

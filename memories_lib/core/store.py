@@ -35,9 +35,9 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 import numpy as np
 import safetensors.torch
 import torch
-from tqdm.auto import tqdm
 
 from .paths import cache_dir
+from .progress import tqdm
 
 FORMAT_VERSION = 1  # part of every key: bump it when the layout or the meaning of entries changes
 

@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping
 from .. import __version__
 from ..core.concepts import ConceptPrompts
 from ..core.models import LDM, save_ldm
+from ..core.progress import note
 from ..core.store import keyed_folder, locked
 from .registry import erase_prompts, get_method, resolve_params
 
@@ -119,6 +120,7 @@ def erase(
     with locked(path):  # two processes never compute the same model (different models go on in parallel)
         if _complete(path):  # another process finished it meanwhile
             return ErasedModel(method, concept.concept, full, path=path, info=read_info(path), from_cache=True)
+        note(f"erasing {concept.concept!r} with {method}", disable=not progress)
         start = time.perf_counter()
         prompts = erase_prompts(method, concept)
         computed = spec.compute(base, prompts, full, measure_ratio=measure_ratio, progress=progress)

@@ -38,8 +38,8 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, UNet2DConditionModel
-from tqdm.auto import tqdm
 
+from ..core.progress import tqdm
 from ..core.tokenizer import tokenize
 
 ESD_METHODS = ("esd-x", "esd-u")

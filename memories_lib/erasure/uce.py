@@ -34,7 +34,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from diffusers import UNet2DConditionModel
-from tqdm.auto import tqdm
+
+from ..core.progress import tqdm
 
 #: How a prompt becomes key vectors: the last token before the end token (official default),
 #: that token and every token after it, or every position of the padded sequence.

@@ -29,10 +29,10 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from ..core.judging import judged_generations_many
 from ..core.models import LDM
+from ..core.progress import tqdm
 from ..core.store import Store, default_store
 from ..erasure import erase, erased_path, resolve_params
 from ..worlds.base import World

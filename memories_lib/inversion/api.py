@@ -49,10 +49,10 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from ..core import throughput
 from ..core.models import LDM, decode_latents, encode_images, encode_prompts
+from ..core.progress import tqdm
 from .common import InversionResult, diverged_seeds
 from ..core.sampling import ddim_sample
 from .ddim import ddim_invert

@@ -7,9 +7,9 @@ see that module for the guidance convention.
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
 
 from ..core.models import LDM
+from ..core.progress import tqdm
 from ..core.sampling import (
     ddim_schedule,
     ddim_step,

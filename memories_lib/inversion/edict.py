@@ -26,9 +26,9 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import torch
-from tqdm.auto import tqdm
 
 from ..core.models import LDM
+from ..core.progress import tqdm
 from ..core.sampling import ddim_schedule, ddim_step, empty_prompt_embeds, predict_noise, uses_cfg
 
 DEFAULT_MIX = 0.93

@@ -33,9 +33,9 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from ..core.models import LDM
+from ..core.progress import tqdm
 from ..core.sampling import ddim_sample, ddim_schedule, ddim_step, empty_prompt_embeds, predict_noise
 from .ddim import ddim_invert
 

@@ -57,9 +57,9 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..core.models import LDM
+from ..core.progress import tqdm
 from ..core.sampling import ddim_schedule, ddim_step, empty_prompt_embeds, predict_noise, uses_cfg, working_dtype
 
 #: The latent side of Stable Diffusion 1.x at 512x512, on which ReNoise's lambdas were set.

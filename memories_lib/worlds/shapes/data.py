@@ -19,7 +19,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from tqdm.auto import tqdm
+
+from ...core.progress import tqdm
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross")
 COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "orange")
@@ -285,8 +286,7 @@ def render_many(specs: Sequence[ShapeSpec], size: int = 32, progress: bool = Fal
     """Images of ``specs`` stacked into (n, 3, size, size)."""
     if len(specs) == 0:
         return torch.zeros(0, 3, size, size)
-    it = tqdm(specs, desc="drawing shapes", leave=False) if progress else specs
-    return torch.stack([render(s, size) for s in it])
+    return torch.stack([render(s, size) for s in tqdm(specs, desc="drawing shapes", leave=False, disable=not progress)])
 
 
 def make_dataset(

@@ -30,6 +30,7 @@ import torch
 
 from ....core.models import save_ldm
 from ....core.parallel import executor as parallel_executor
+from ....core.progress import note
 from ....core.throughput import max_threads
 from ....core.store import locked_beside
 from ..classifier import ShapesClassifier
@@ -93,6 +94,7 @@ def _run_stage(stage: str, cfg: dict[str, Any], data: TrainingData, device: str,
     target = stage_path(cfg, stage)
     parts = stage_parts(cfg, stage)
     start = time.perf_counter()
+    note(f"training the world: stage {stage}", disable=not progress)
 
     def context(metrics: dict[str, Any]) -> dict[str, Any]:
         # wall_seconds includes drawing the data set when this stage is the first to need it.

@@ -8,8 +8,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from ....core.progress import tqdm
 from .cache import STAGES
 
 #: One optimisation step: ``step(i)`` returns the loss to minimise, or (that loss, the value to record).

@@ -7,9 +7,9 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ....core.metrics import psnr
+from ....core.progress import tqdm
 from .dataset import TrainingData, random_dihedral, to01
 from .loop import generator, init_seed, parameter_count, stage_seed, train_loop
 

@@ -6,6 +6,7 @@ import dataclasses
 import importlib
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -616,3 +617,22 @@ def test_chapters_run_side_by_side_in_processes(root, monkeypatch, memories_cach
     runs = [json.loads(line) for line in log.read_text().splitlines()][-2:]
     assert sorted(r["chapter"] for r in runs) == sorted(c.name for c, _ in plans)
     assert all(r["machine"]["memories_threads"] == "1" for r in runs)  # each process had one share of the cores
+
+
+@pytest.mark.slow
+def test_chapter_3_draws_its_tradeoff_figure_without_sweeps_in_the_store(tmp_path):
+    # A first `make book` has no sweep points (memories tune-erasure is not part of it): the figure that
+    # the prose refers to must still exist, or the build fails on an unresolved reference.
+    from conftest import copy_repo, memories_command
+
+    root = copy_repo(tmp_path / "repo")
+    env = {**os.environ, "MEMORIES_CACHE": str(tmp_path / "cache")}
+    out = tmp_path / "03.ipynb"
+    done = subprocess.run([*memories_command(), "run", "03_erasure", "--profile", "tiny", "-q", "-o", str(out)],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    nb = nbformat.read(out, as_version=4)
+    [cell] = [c for c in nb.cells
+              if c.metadata.get("mystnb", {}).get("figure", {}).get("name") == "fig-erasure-tradeoff"]
+    assert any("image/png" in o.get("data", {}) for o in cell.outputs)
+    assert "No sweep point in the store" in "".join(c.source for c in nb.cells if c.cell_type == "code")

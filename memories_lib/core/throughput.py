@@ -25,6 +25,11 @@ Two rules follow, written here once and used by every loop of the library:
   call waiting on each other). ``$MEMORIES_THREADS``, when set, is the most threads any call
   uses (set it to 1 when other jobs keep the machine busy, or when running several processes).
 
+Inside the official ReNoise loop (150 images a batch, the mini world; ``make benchmarks``, same
+machine, 2026-11-27) the second thread gains less: 2.60 against 2.42 images per second. That is
+why ``make book`` runs independent work (training stages, erasures, chapters) in separate
+single-thread processes (:mod:`.parallel`) and keeps this rule for work that runs alone.
+
 On a GPU the thread rule does not apply and the budget is the device's free memory.
 """
 

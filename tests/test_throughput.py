@@ -189,3 +189,15 @@ def test_erased_models_computed_in_parallel_processes_equal_those_computed_here(
         torch.set_num_threads(1)
         here = {pair: hash_modules(erased_model(world, *pair).load(world.load_model).unet) for pair in pairs}
     assert here == there
+
+
+def test_memories_threads_caps_torch_on_import():
+    import os
+    import subprocess
+    import sys
+
+    code = "import torch, memories_lib.core.sampling; print(torch.get_num_threads())"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # torch's default: every core
+    env["MEMORIES_THREADS"] = "1"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"

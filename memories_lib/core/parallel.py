@@ -2,8 +2,8 @@
 
 A small model's work at small batch sizes (training steps of batch 4 to 64, an erasure method's
 fine-tuning) does not get faster with more torch threads: on the 2-core machines of this project
-two threads at 16 to 64 rows are slower than one (:mod:`.throughput`). Two such jobs in two
-processes with one thread each do finish in about the time of one. This module runs them so:
+two threads at 16 to 64 rows are slower than one (:mod:`.throughput`), while two such jobs in
+two single-thread processes keep both cores busy. This module runs them so:
 spawned processes (safe with torch), each with ``$MEMORIES_THREADS`` set to its share of the
 cores, results returned in order, and a line per finished task on stderr.
 """

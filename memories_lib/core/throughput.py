@@ -216,8 +216,24 @@ def unet_batch_size(ldm, n: int, rows_per_item: int = 1, *, budget: int | None =
     return batch_size(n, rows_per_item, bytes_per_row=per_row, budget=budget, device=param.device)
 
 
+def cap_torch_threads() -> None:
+    """Torch's own thread count capped at ``$MEMORIES_THREADS`` when that is set (done on import).
+
+    A process given one share of the cores (a chapter run side by side with another) then uses
+    that share also outside the loops that set their threads per batch.
+    """
+    if os.environ.get("MEMORIES_THREADS", "").strip():
+        try:
+            torch.set_num_threads(min(torch.get_num_threads(), max_threads()))
+        except ValueError:
+            pass  # a bad value is reported where the threads are chosen, with the variable's name
+
+
+cap_torch_threads()
+
 __all__ = [
-    "BUDGET_SHARE", "MULTI_THREAD_ROWS", "TARGET_ROWS", "available_memory", "batch_size", "max_threads",
+    "BUDGET_SHARE", "MULTI_THREAD_ROWS", "TARGET_ROWS", "available_memory", "batch_size", "cap_torch_threads",
+    "max_threads",
     "memory_budget", "parse_bytes", "row_bytes", "split_evenly", "threads_for", "threads_for_batch",
     "torch_threads", "unet_batch_size",
 ]

@@ -83,8 +83,11 @@ def unet_timer(ldm) -> Iterator[dict]:
         del ldm.unet.forward
 
 
-def _auto_corr_per_image(x, generators):
-    """The regulariser's auto-correlation term as it ran before issue 10: a Python loop per image and channel."""
+def auto_corr_per_image(x, generators):
+    """The regulariser's auto-correlation term as it ran before issue 10: a Python loop per image and channel.
+
+    Also the tests' reference for the batched term (tests/test_throughput.py).
+    """
     loss = x.new_zeros(())
     for b, generator in enumerate(generators):
         for c in range(x.shape[1]):
@@ -102,7 +105,7 @@ def _auto_corr_per_image(x, generators):
 @contextmanager
 def before_issue_10() -> Iterator[None]:
     batched = renoise._auto_corr
-    renoise._auto_corr = _auto_corr_per_image
+    renoise._auto_corr = auto_corr_per_image
     try:
         with throughput.torch_threads(BEFORE_THREADS):
             yield

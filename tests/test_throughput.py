@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from memories_lib.core import throughput
 from memories_lib.core.images import ImageSet
@@ -14,6 +13,8 @@ from memories_lib.core.sampling import regenerate, sample_seeds
 from memories_lib.core.store import Store
 from memories_lib.experiments.concept_memory import invert_set, invert_sets
 from memories_lib.inversion.renoise import _auto_corr
+
+from benchmarks.bench_throughput import auto_corr_per_image  # the per-image loop ReNoise ran before
 
 
 # --------------------------------------------------------------------------- the rule
@@ -126,22 +127,6 @@ def test_inverting_sets_together_equals_each_set_alone(ldm, tmp_path):
         np.testing.assert_allclose(together[name].psnr, alone.psnr, rtol=1e-4)
 
 
-def _auto_corr_per_image(x, generators):
-    """The official per-image, per-channel loop, as a reference for the batched term."""
-    loss = x.new_zeros(())
-    for b, generator in enumerate(generators):
-        for c in range(x.shape[1]):
-            level = x[b:b + 1, c:c + 1]
-            while True:
-                shift = int(torch.randint(0, max(level.shape[2] // 2, 1), (1,), generator=generator))
-                for dim in (2, 3):
-                    loss = loss + (level * torch.roll(level, shifts=shift, dims=dim)).mean() ** 2
-                if level.shape[2] <= 8:
-                    break
-                level = F.avg_pool2d(level, kernel_size=2)
-    return loss
-
-
 @pytest.mark.parametrize("side", [8, 16, 64])
 def test_batched_auto_correlation_equals_the_per_image_loop(side):
     x = torch.randn(5, 4, side, side, generator=torch.Generator().manual_seed(side))
@@ -150,14 +135,14 @@ def test_batched_auto_correlation_equals_the_per_image_loop(side):
         return [torch.Generator().manual_seed(42 + i) for i in range(5)]
 
     a = x.clone().requires_grad_(True)
-    (grad_loop,) = torch.autograd.grad(_auto_corr_per_image(a, generators()), a)
+    (grad_loop,) = torch.autograd.grad(auto_corr_per_image(a, generators()), a)
     b = x.clone().requires_grad_(True)
     loss = _auto_corr(b, generators())
     (grad_batched,) = torch.autograd.grad(loss, b)
     # The gradient (all that the regulariser uses) is the same to the last bit here; the summed loss
     # differs by float rounding only.
     torch.testing.assert_close(grad_batched, grad_loop, rtol=1e-6, atol=1e-9)
-    torch.testing.assert_close(loss.detach(), _auto_corr_per_image(x, generators()), rtol=1e-5, atol=0)
+    torch.testing.assert_close(loss.detach(), auto_corr_per_image(x, generators()), rtol=1e-5, atol=0)
 
 
 def test_every_concept_draws_its_erased_set_from_its_own_seeds():

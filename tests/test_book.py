@@ -636,3 +636,29 @@ def test_chapter_3_draws_its_tradeoff_figure_without_sweeps_in_the_store(tmp_pat
               if c.metadata.get("mystnb", {}).get("figure", {}).get("name") == "fig-erasure-tradeoff"]
     assert any("image/png" in o.get("data", {}) for o in cell.outputs)
     assert "No sweep point in the store" in "".join(c.source for c in nb.cells if c.cell_type == "code")
+
+
+def test_chapters_side_by_side_start_longest_first(tmp_path):
+    # The front matter's estimate orders a fresh clone; a cold run in the execution log overrides it.
+    root = make_book_root(tmp_path / "book", {"01_a": PARAMS, "02_b": PARAMS, "03_c": PARAMS})
+    for name, minutes in (("02_b", 3), ("03_c", 20)):
+        source = root / "notebooks" / f"{name}.md"
+        source.write_text(source.read_text().replace("---\n", f"---\nmemories:\n  cold_minutes: {minutes}\n", 1))
+    plans = [(c, {"profile": "tiny"}) for c in book.chapters(root)]
+    assert [c.name for c, _ in book.build.longest_first(plans, root)] == ["03_c", "02_b", "01_a"]
+    log = root / book.EXECUTED_DIR / book.statistics.LOG_NAME
+    book.statistics.record_run(log, "01_a", "tiny", 2000.0, cache_files_added=5)   # cold: 33 min
+    book.statistics.record_run(log, "03_c", "mini", 1.0, cache_files_added=5)      # another profile
+    book.statistics.record_run(log, "02_b", "tiny", 5.0, cache_files_added=0)      # warm: not an estimate
+    assert [c.name for c, _ in book.build.longest_first(plans, root)] == ["01_a", "03_c", "02_b"]
+
+
+def test_front_matter_is_read_and_a_broken_one_is_named(tmp_path):
+    source = tmp_path / "c.md"
+    source.write_text("---\nmemories:\n  cold_minutes: 4\n---\n# C\n")
+    assert book.toc.front_matter(source) == {"memories": {"cold_minutes": 4}}
+    source.write_text("# no front matter\n")
+    assert book.toc.front_matter(source) == {}
+    source.write_text("---\nmemories: [unclosed\n---\n")
+    with pytest.raises(BookError, match="front matter"):
+        book.toc.front_matter(source)

@@ -15,7 +15,7 @@ from ..experiments.models import missing_erased_models, prepare_erased_models
 from ..worlds import open_world
 from . import execute, mathjax, statistics, terminal
 from .parameters import ParameterError, as_profile, chapter_parameters, notebook_parameters
-from .toc import EXECUTED_DIR, BookError, Chapter, chapters, find_root
+from .toc import EXECUTED_DIR, BookError, Chapter, chapters, find_root, front_matter
 
 
 def warm_matplotlib() -> None:
@@ -55,19 +55,49 @@ def prepare_models(profile: str | Path | Profile, progress: bool = True) -> None
     prepare_erased_models(world, progress=progress)
 
 
+def expected_seconds(chapter: Chapter, profile: str, records: list[statistics.RunRecord]) -> float:
+    """How long ``chapter`` is expected to take with an empty cache, to start the longest first.
+
+    The latest cold run of the chapter with this profile in the execution log, else the estimate in
+    the chapter's front matter (``memories: {cold_minutes: N}``, measured on the reference machine
+    with ``mini``), else 0. Only the order of these numbers is used.
+    """
+    cold = [r.seconds for r in records if r.chapter == chapter.name and r.profile == profile and r.cache == "cold"]
+    if cold:
+        return cold[-1]
+    minutes = (front_matter(chapter.source).get("memories") or {}).get("cold_minutes")
+    return 60.0 * float(minutes) if isinstance(minutes, (int, float)) else 0.0
+
+
+def longest_first(plans: list[tuple[Chapter, dict[str, Any]]], root: Path) -> list[tuple[Chapter, dict[str, Any]]]:
+    """The chapters ordered by :func:`expected_seconds`, longest first (ties keep the toc order).
+
+    Side by side, the build ends when its last chapter does: started first, the longest chapter
+    runs while the others share the remaining cores (longest-processing-time-first scheduling).
+    """
+    records = statistics.read_log(root / EXECUTED_DIR / statistics.LOG_NAME)
+    cost = {}
+    for chapter, parameters in plans:
+        profile = as_profile(parameters["profile"]).name if parameters.get("profile") is not None else "-"
+        cost[chapter.name] = expected_seconds(chapter, profile, records)
+    return sorted(plans, key=lambda plan: -cost[plan[0].name])
+
+
 def execute_chapters(plans: list[tuple[Chapter, dict[str, Any]]], root: Path, progress: bool = True,
                      workers: int | None = None) -> None:
-    """Execute the chapters into ``_executed/``, in toc order, up to ``workers`` at a time.
+    """Execute the chapters into ``_executed/``, up to ``workers`` at a time, the longest first.
 
     Chapters share their heavy work only through the results store (a chapter asks for what
     another computes, and whoever asks first computes it under a lock), so they can run side by
     side. On a CPU every chapter then runs in its own process with one share of the cores, which
     does more work per second than one chapter at a time with every core (the book's loops are
     small-model batches, where a second thread gains 0-40% and a second process about 90%).
-    ``workers`` defaults to one per allowed core (:func:`memories_lib.core.parallel.worker_count`).
+    ``workers`` defaults to one per allowed core (:func:`memories_lib.core.parallel.worker_count`);
+    with more than one, the chapters start longest first (:func:`longest_first`).
     """
-    tasks = [(chapter, parameters, root, progress) for chapter, parameters in plans]
-    n = parallel.worker_count(len(tasks), workers)
+    n = parallel.worker_count(len(plans), workers)
+    ordered = longest_first(plans, root) if n > 1 else plans
+    tasks = [(chapter, parameters, root, progress) for chapter, parameters in ordered]
     if progress and n > 1:
         print(f"[memories] executing {len(tasks)} chapters, {n} at a time", file=sys.stderr)
     previous = os.environ.get(terminal.LINES_ENV)

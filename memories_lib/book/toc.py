@@ -35,6 +35,21 @@ class Chapter:
         return self.root / EXECUTED_DIR / f"{self.name}.ipynb"
 
 
+def front_matter(source: Path) -> dict[str, Any]:
+    """The YAML front matter of a MyST notebook (``---`` ... ``---`` at its top); {} when it has none."""
+    text = Path(source).read_text(encoding="utf-8")
+    if not text.startswith("---\n"):
+        return {}
+    end = text.find("\n---", 4)
+    if end < 0:
+        return {}
+    try:
+        data = yaml.safe_load(text[4:end])
+    except yaml.YAMLError as err:
+        raise BookError(f"{source}: its front matter is not valid YAML: {err}") from None
+    return data if isinstance(data, dict) else {}
+
+
 def find_root(start: str | Path | None = None) -> Path:
     """The book root: the first of ``start`` (default: the working directory) and its parents holding ``_toc.yml``."""
     here = Path(start or Path.cwd()).resolve()

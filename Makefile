@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 PROFILE ?= mini
 STAMP   := $(VENV)/.stamp-install
 
-.PHONY: book test venv clean benchmarks
+.PHONY: book test venv clean benchmarks check-book
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ venv: $(STAMP)
 
 book: $(STAMP)
 	$(BIN)/memories book --profile $(PROFILE)
+
+# The reader's checks (headless Chromium) over every page of the book built by `make book`.
+check-book: $(STAMP)
+	$(BIN)/memories check-book
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)

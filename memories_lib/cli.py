@@ -4,6 +4,7 @@
     memories run NOTEBOOK [--profile NAME] [-p NAME VALUE ...] [-o OUT]
     memories trainings --seeds SEED ... [--profile NAME] [--chapters NAME ...]
     memories tune-erasure [--profile NAME] [--seeds SEED ...] [--sweeps NAME ...] [--concepts NAME ...] [-n N]
+    memories check-book [--html DIR] [PAGE ...]
     memories profiles
     memories train-mini [ARGS ...]
 
@@ -73,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--concepts", nargs="+", default=None, metavar="NAME", help="only these concepts")
     tune.add_argument("-n", type=int, default=None, help="generations per concept and point (default: the profile's)")
     tune.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    check = sub.add_parser("check-book", help="read every page of the built book in headless Chromium (the reader's checks)")
+    check.add_argument("pages", nargs="*", metavar="PAGE", help="only these pages (default: every page of the book)")
+    check.add_argument("--html", default=None, help="the built book (default: ROOT/_build/html)")
+    check.add_argument("--root", default=None, help="the book's root (default: the folder holding _toc.yml)")
 
     sub.add_parser("profiles", help="list the shipped profiles")
     sub.add_parser("train-mini", help="train the embedded mini world (arguments go to memories_lib.worlds.shapes.training.cli)",
@@ -149,6 +155,26 @@ def _cmd_tune_erasure(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check_book(args: argparse.Namespace) -> int:
+    from .book import find_root
+    from .book.reader import book_pages, check_book
+
+    root = Path(args.root).resolve() if args.root else find_root()
+    html = Path(args.html).resolve() if args.html else root / "_build" / "html"
+    pages = [Path(p).resolve() for p in args.pages] or None
+    problems = check_book(root, html, pages)
+    for problem in problems:
+        print(problem)
+    checked = len(pages) if pages else len(book_pages(html))
+    if problems:
+        n = len(problems)
+        print(f"{n} problem{'s' if n != 1 else ''} on {len({p.page for p in problems})} of {checked} pages",
+              file=sys.stderr)
+        return EXIT_FAILED
+    print(f"{checked} pages pass the reader's checks")
+    return 0
+
+
 def _cmd_profiles(args: argparse.Namespace) -> int:
     from .core.profile import ProfileError, list_profiles, load_profile
 
@@ -182,7 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = build_parser().parse_args(argv)
         except SystemExit as exit_:  # argparse printed its usage message (or --help)
             return int(exit_.code or 0)
-        commands = {"book": _cmd_book, "run": _cmd_run, "trainings": _cmd_trainings, "tune-erasure": _cmd_tune_erasure, "profiles": _cmd_profiles}
+        commands = {"book": _cmd_book, "run": _cmd_run, "trainings": _cmd_trainings, "tune-erasure": _cmd_tune_erasure,
+                    "check-book": _cmd_check_book, "profiles": _cmd_profiles}
         return commands[args.command](args)
     except (ParameterError, ProfileError) as err:
         print(f"memories: error: {err}", file=sys.stderr)

@@ -262,3 +262,20 @@ def test_tune_erasure_prints_every_point(capsys):
     assert cli.main(["tune-erasure", "--profile", "tiny", "--sweeps", "uce", "--concepts", "star", "-n", "2", "-q"]) == 0
     out = capsys.readouterr().out
     assert "world trained with seed 0" in out and out.count("star") == 2 and "2 points" in out
+
+
+def test_check_book_without_a_built_book_names_what_to_run(root, capsys):
+    assert cli.main(["check-book", "--root", str(root), "--html", str(root / "nowhere")]) == cli.EXIT_FAILED
+    assert "no built book" in capsys.readouterr().err
+
+
+def test_check_book_prints_every_problem_and_fails(root, monkeypatch, capsys, tmp_path):
+    from memories_lib.book import reader
+
+    (tmp_path / "index.html").write_text("<html><body></body></html>")
+    found = [reader.Problem("_executed/a.html", "cell", 'a table cell reads "NaN"')]
+    monkeypatch.setattr(reader, "check_book", lambda root, html, pages: found)
+    assert cli.main(["check-book", "--root", str(root), "--html", str(tmp_path)]) == cli.EXIT_FAILED
+    captured = capsys.readouterr()
+    assert '_executed/a.html: [cell] a table cell reads "NaN"' in captured.out
+    assert "1 problem on 1 of" in captured.err

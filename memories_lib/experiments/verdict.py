@@ -40,6 +40,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from ..core.tables import MISSING, interval, is_missing, number, percent, signed
 from .models import VANILLA
 
 #: Erasure by name holds below this share of prompt generations showing the concept.
@@ -315,84 +316,62 @@ def verdict(table: pd.DataFrame, vanilla: str = VANILLA) -> Verdict:
 # --------------------------------------------------------------------------- the chapter's tables
 
 
-def _num(value: Any, digits: int = 2, suffix: str = "") -> str:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return "–"
-    return f"{value:.{digits}f}{suffix}" if np.isfinite(value) else "–"
-
-
 def _interval(r: pd.Series, name: str, digits: int = 2) -> str:
-    value, low, high = (_get(r, n) for n in (name, f"{name}_low", f"{name}_high"))
-    if not np.isfinite(value):
-        return "–"
-    return f"{value:.{digits}f} [{_num(low, digits)}, {_num(high, digits)}]"
-
-
-def _signed(value: Any) -> str:
-    value = float(value) if value is not None else np.nan
-    if not np.isfinite(value):
-        return "–"
-    text = f"{value:+.2f}"
-    return "0.00" if float(text) == 0 else text
-
-
-def _prompt_test_cell(r: pd.Series) -> str:
-    """The concept's share of prompt generations, the others' beside the base model's, and the verdict."""
-    text = _num(_get(r, "prompt_accuracy") * 100, 0, "%")
-    if np.isfinite(_get(r, "others_accuracy")):
-        text += f", others {_num(_get(r, 'others_accuracy') * 100, 0, '%')}"
-    passes = r.get("passes")
-    if passes is not None and not (isinstance(passes, float) and np.isnan(passes)):
-        text += ": passes" if bool(passes) else ": FAILS"
-    return text
+    return interval(_get(r, name), _get(r, f"{name}_low"), _get(r, f"{name}_high"), digits)
 
 
 def results_tables(table: pd.DataFrame, vanilla: str = VANILLA) -> dict[str, pd.DataFrame]:
     """The chapter's tables as text cells (no NaN, no True/False: "–" or words), at most 7 columns each.
 
-    ``"models"``: what each model does with the concept (accuracy by name, regeneration, NLLs,
-    regeneration scores, diverged seeds); ``"distances"``: the relative distances with their intervals,
-    erased minus vanilla beside each, EMD(R, N) in units of the NLL's std with the stability flag;
-    ``"official"``: the official W2 ratio against draws of 50 and of 1000 N(0, I) samples, and against
-    the fixed large reference.
+    ``"models"``: what each model does with the concept (its share of prompt generations showing it
+    and the other concepts of its kind, the prompt test's verdict, regeneration PSNR beside the VAE's,
+    the NLLs of E and R); ``"regeneration"``: the regenerations scored as the official code scores them
+    (detector, similarity to the concept's name beside the images' own) and the diverged seeds; ``"distances"``: the exact (EMD) relative distances of E and
+    of the control set with their intervals, erased minus vanilla beside each, EMD(R, N) in units of
+    the NLL's std with the stability flag; ``"official"``: the official W2 ratio against draws of 50
+    N(0, I) samples (erased minus vanilla beside it), of 1000, and against the fixed large reference.
     """
     t = add_vanilla_differences(table, vanilla=vanilla)
-    models, distances, official = {}, {}, {}
+    models, regeneration, distances, official = {}, {}, {}, {}
     for key, r in t.iterrows():
         sim, sim_orig = _get(r, "similarity"), _get(r, "similarity_original")
         diverged = int(r.get("diverged", 0))
         parts = [f"{k.upper()} {int(r[f'diverged_{k}'])}" for k in ("e", "r", "c")
                  if f"diverged_{k}" in r and int(r.get(f"diverged_{k}", 0) or 0)]
+        passes = r.get("passes")
         models[key] = {
-            "prompt test": _prompt_test_cell(r),
-            "PSNR E [dB]": _num(r.get("psnr"), 1),
-            "PSNR VAE [dB]": _num(r.get("vae_psnr"), 1),
-            "NLL E / R": f"{_num(r.get('nll'), 1)} / {_num(r.get('ref_nll'), 1)}",
-            "regen. detected": _num(_get(r, "detected") * 100, 0, "%"),
-            "regen. similarity": _num(sim, 3) + (f" (images {sim_orig:.3f})" if np.isfinite(sim_orig) else ""),
+            "concept by name": percent(_get(r, "prompt_accuracy")),
+            "others by name": percent(_get(r, "others_accuracy")),
+            "prompt test": MISSING if is_missing(passes) else ("passes" if bool(passes) else "FAILS"),
+            "PSNR E [dB]": number(r.get("psnr"), 1),
+            "PSNR VAE [dB]": number(r.get("vae_psnr"), 1),
+            "NLL E": number(r.get("nll"), 1),
+            "NLL R": number(r.get("ref_nll"), 1),
+        }
+        regeneration[key] = {
+            "regen. detected": percent(_get(r, "detected")),
+            "regen. similarity": number(sim, 3),
+            "images' similarity": number(sim_orig, 3),
             "diverged": str(diverged) + (f" ({', '.join(parts)})" if diverged and parts else ""),
         }
         sigma = _get(r, "emd_rn_sigma")
         stability = "" if not np.isfinite(sigma) else (", within noise" if bool(r.get("unstable")) else "")
         distances[key] = {
             "d(E,R) EMD [95% CI]": _interval(r, "rd_emd"),
-            "EMD − vanilla": _signed(r.get("rd_emd_minus_vanilla")),
-            "d(E,R) W2, 50 N [5–95%]": _interval(r, "rd_w2_50"),
-            "W2 − vanilla": _signed(r.get("rd_w2_50_minus_vanilla")),
-            "EMD(R,N) [σ]": _num(sigma, 2, "σ") + stability,
+            "EMD − vanilla": signed(r.get("rd_emd_minus_vanilla")),
+            "EMD(R,N) [σ]": number(sigma, 2, "σ") + stability,
             "d(E,R_ctrl) EMD [95% CI]": _interval(r, "rd_ctrl_emd"),
-            "ctrl − vanilla": _signed(r.get("rd_ctrl_emd_minus_vanilla")),
+            "ctrl − vanilla": signed(r.get("rd_ctrl_emd_minus_vanilla")),
         }
         official[key] = {
             "W2, 50 N [5–95%]": _interval(r, "rd_w2_50"),
+            "W2 − vanilla": signed(r.get("rd_w2_50_minus_vanilla")),
             "W2, 1000 N [5–95%]": _interval(r, "rd_w2_1000"),
             "W2, fixed reference [95% CI]": _interval(r, "rd_w2"),
-            "EMD, fixed reference [95% CI]": _interval(r, "rd_emd"),
         }
     out = {}
-    for name, rows in (("models", models), ("distances", distances), ("official", official)):
+    for name, rows in (("models", models), ("regeneration", regeneration), ("distances", distances),
+                       ("official", official)):
         frame = pd.DataFrame.from_dict(rows, orient="index")
         frame.index = pd.MultiIndex.from_tuples(frame.index, names=["model", "concept"])
         if "rd_ctrl_emd" not in t.columns and name == "distances":

@@ -171,6 +171,12 @@ def test_sib_one_seed_per_support_and_decoder_inversions_shared_across_models(
         assert r.caption == queries.prompts[k]
         # Distinct starts give distinct memories.
         assert r.geometry().pairwise.min() > 0
+        row = sib.summarise(r)
+        assert row["n"] == 3 and row["d"] == 256
+        assert row["to_seed_cv"] == pytest.approx(r.geometry().to_seed_cv)
+        assert row["cv_ratio"] == pytest.approx(row["to_seed_cv"] / row["baseline_cv"])
+        assert row["nll"] == pytest.approx(float(metrics.nll(r.memories.seeds).mean()))
+        assert np.isfinite(row["control_to_seed_mean"])
 
     other = _other_model(tiny_ldm_path)
     assert other.vae_hash() == ldm.vae_hash() and other.weights_hash() != ldm.weights_hash()

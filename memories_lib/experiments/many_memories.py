@@ -573,6 +573,43 @@ def many_memories(
     return out
 
 
+def summarise(result: QueryMemories) -> dict[str, Any]:
+    """One query's row: PSNRs, NLLs and the geometry of its memories (and controls) against the N(0, I) baseline.
+
+    ``psnr`` / ``decoder_psnr``: means over the memories' regenerations and over the decodings of
+    z0(s->q), against q; ``nll``, ``own_nll``, ``control_nll``: NLLs under N(0, I) (means);
+    ``to_seed_mean``, ``to_seed_std`` (ddof 0), ``to_seed_cv``: Euclidean distances of the memories
+    to the query's own seed; ``pairwise_mean``, ``pairwise_cosine_mean``: between memories;
+    ``baseline_cv``: the CV of N(0, I) seeds' distances to a seed of the own seed's norm at this d
+    (:func:`metrics.gaussian_geometry`), and ``cv_ratio`` = ``to_seed_cv / baseline_cv``, the number
+    to read the CV by; ``baseline_cosine`` (1); ``diverged``: memories left out of the geometry. With
+    controls, ``control_*`` the same for the supports' own seeds.
+    """
+    geo = result.geometry()
+    own = result.own.seeds[0].double()
+    base = metrics.gaussian_geometry(geo.d, anchor_sq=float(own.square().sum()))
+    row: dict[str, Any] = {
+        "n": len(result.memories), "diverged": int(result.memories.diverged.sum()),
+        "psnr": float(np.nanmean(result.psnr)), "decoder_psnr": float(np.mean(result.latents.support_to_query_psnr)),
+        "own_psnr": result.own_psnr, "nll": float(np.mean(result.nll)), "own_nll": result.own_nll,
+        "to_seed_mean": geo.to_seed_mean, "to_seed_std": geo.to_seed_std, "to_seed_cv": geo.to_seed_cv,
+        "to_seed_cosine_mean": geo.to_seed_cosine_mean,
+        "pairwise_mean": geo.pairwise_mean, "pairwise_std": geo.pairwise_std,
+        "pairwise_cosine_mean": geo.pairwise_cosine_mean, "pairwise_cosine_std": geo.pairwise_cosine_std,
+        "baseline_to_seed_mean": base.to_anchor_mean, "baseline_cv": base.to_anchor_cv,
+        "cv_ratio": geo.to_seed_cv / base.to_anchor_cv, "baseline_pairwise_mean": base.pairwise_mean,
+        "baseline_cosine": base.cosine_mean, "d": geo.d,
+    }
+    if result.controls is not None:
+        ctrl = result.geometry(controls=True)
+        row.update({
+            "control_psnr": float(np.nanmean(result.control_psnr)), "control_nll": float(np.mean(result.control_nll)),
+            "control_to_seed_mean": ctrl.to_seed_mean, "control_to_seed_cv": ctrl.to_seed_cv,
+            "control_pairwise_mean": ctrl.pairwise_mean, "control_pairwise_cosine_mean": ctrl.pairwise_cosine_mean,
+        })
+    return row
+
+
 # --------------------------------------------------------------------------- the re-encoding control
 
 
@@ -626,5 +663,5 @@ __all__ = [
     "ENCODER_MEAN", "HANDOFFS", "NUM_QUERIES", "NUM_SUPPORTS", "OFFICIAL_HANDOFF", "QueryMemories",
     "ReencodingShift", "SIBInputs", "SIBLatents", "SIBSettings", "SIB_VERSION", "check_settings", "decoder_key",
     "decoder_latents", "draw_supports", "invert_decoder_latents", "many_memories", "reencode_input",
-    "reencoding_shift", "sib_inputs",
+    "reencoding_shift", "sib_inputs", "summarise",
 ]

@@ -420,8 +420,18 @@ def invert_latents(
     return result
 
 
-def _invert_batches(ldm, n, z0_of, prompts, method, resolved, regenerate, return_trajectory, batch_size,
-                    progress) -> InversionResult:
+def _invert_batches(
+    ldm: LDM,
+    n: int,
+    z0_of: Callable[[int, int, list[torch.Generator] | None], torch.Tensor],
+    prompts: Sequence[str],
+    method: str,
+    resolved: dict[str, Any],
+    regenerate: bool,
+    return_trajectory: bool,
+    batch_size: int | None,
+    progress: bool,
+) -> InversionResult:
     """The loop of :func:`invert` and :func:`invert_latents`: ``z0_of(start, end, generators)`` gives a batch's z_0."""
     spec = get_method(method)
     rows = unet_rows_per_image(resolved)

@@ -218,6 +218,7 @@ def test_sib_null_text_path_inverts_the_scaled_latent(ldm, queries, supports, tm
                             options={"num_inner_steps": 1}, decoder_steps=2, controls=False, progress=False)
     r = out[0]
     assert r.handoff == "latent" and r.controls is None and r.control_psnr is None
+    assert r.memories.config == {**api.resolve("nti-memories", 3, num_inner_steps=1), "posterior": "given"}
     scale = ldm.vae.config.scaling_factor
     torch.testing.assert_close(r.memories.latents, r.latents.support_to_query * scale)
     torch.testing.assert_close(r.own.latents, r.latents.query[None] * scale)

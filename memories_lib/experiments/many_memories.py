@@ -433,7 +433,8 @@ def _as_result(entries: Sequence[Entry], settings: SIBSettings, handoff: str) ->
         seeds=stack("seed"), latents=stack("latent"), reconstruction=stack("reconstruction"),
         method=settings.method, info={"handoff": handoff}, reconstruction_latents=stack("reconstruction_latent"),
         diverged=torch.tensor([bool(e.meta["diverged"]) for e in entries], dtype=torch.bool),
-        config=dict(settings.config),
+        # As inversion.invert_latents reports it: given latents are not encoded.
+        config={**settings.config, **({"posterior": "given"} if handoff == "latent" else {})},
     )
 
 

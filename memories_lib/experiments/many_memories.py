@@ -47,7 +47,10 @@ Departures from the official code:
   :mod:`memories_lib.inversion.decoder`), and the diffusion inversions of all queries share batches;
 * the official code reloads the model for every query; here nothing is reloaded and every result
   is cached;
-* the decoder-inversion PSNR is measured on the clamped decoding in float, not on the saved 8-bit PNG.
+* the decoder-inversion PSNR is measured on the clamped decoding in float, not on the saved 8-bit PNG;
+* the official null-text path runs as many Adam steps per timestep as diffusion steps
+  (``num_opt_steps=num_diffusion_inversion_steps``, 50 at its defaults); here they are the
+  method's own option (``nti-memories``: 50), independent of ``num_steps``.
 """
 
 from __future__ import annotations

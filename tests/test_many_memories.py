@@ -212,6 +212,20 @@ def test_sib_decoder_inversions_keyed_by_their_settings(ldm, queries, supports, 
     torch.testing.assert_close(one[0].support_to_query_losses[:, 0], expected, rtol=1e-5, atol=1e-7)
 
 
+def test_sib_resumes_with_what_the_store_holds(ldm, queries, supports, tmp_path, monkeypatch):
+    store = Store(tmp_path / "store")
+    counted = _counting_decoder(monkeypatch)
+    first = ImageSet("Q0", queries.images[:1], list(queries.prompts[:1]))
+    part = sib.many_memories(ldm, first, supports[:1], store, method="ddim", num_steps=2, decoder_steps=2,
+                             progress=False)  # as if the run had stopped after the first query
+    assert sum(counted) == 4 + 3
+    counted.clear()
+    whole = sib.many_memories(ldm, queries, supports, store, method="ddim", num_steps=2, decoder_steps=2,
+                              progress=False)
+    assert sum(counted) == 4 + 3  # only the second query and its supports
+    assert torch.equal(whole[0].memories.seeds, part[0].memories.seeds)
+
+
 def test_sib_null_text_path_inverts_the_scaled_latent(ldm, queries, supports, tmp_path):
     store = Store(tmp_path / "store")
     out = sib.many_memories(ldm, queries, supports, store, method="nti-memories", num_steps=3,

@@ -1,5 +1,9 @@
 """The paper's metrics: seed likelihood (NLL), PSNR, relative distance of NLL sets, seed geometry.
 
+Seed geometry (paper section 4.3): distances of many seeds of one image to its own seed and to each
+other (:func:`seed_geometry`), and what independent N(0, I_d) seeds give analytically
+(:func:`gaussian_geometry`, :data:`CV_CONSTANT`).
+
 Everything here is a pure function of its inputs: tensors or arrays in, floats, tensors or small
 dataclasses out. Randomness (the N(0, I) reference sample, the bootstrap) comes only from a
 ``torch.Generator`` passed in by the caller. Likelihoods are computed in float64: the NLL of a
@@ -245,6 +249,120 @@ def coefficient_of_variation(x: ArrayLike) -> float:
     if mean == 0:
         raise ValueError("the coefficient of variation of a zero-mean sample is undefined")
     return float(x.std() / mean)
+
+
+def pairwise_euclidean_distances(x: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """The n(n-1)/2 Euclidean distances between distinct rows of ``x`` (pairs i < j, row-major: scipy's ``pdist``)."""
+    full = euclidean_distance(x, x)
+    n = full.shape[0]
+    if n < 2:
+        raise ValueError(f"pairwise distances need at least 2 samples, got {n}")
+    i, j = torch.triu_indices(n, n, offset=1)
+    return full[i, j]
+
+
+#: The CV of the distances of N(0, I_d) seeds to a fixed typical seed is about CV_CONSTANT / sqrt(d):
+#: |z - a|^2 has mean d + |a|^2 and variance 2d + 4|a|^2, so with |a|^2 = d the delta method gives
+#: sd |z - a| = sqrt(6d) / (2 sqrt(2d)) = sqrt(3) / 2 and CV = sqrt(3/8) / sqrt(d) (0.48% at d = 16384).
+CV_CONSTANT = math.sqrt(3 / 8)
+
+
+@dataclass(frozen=True)
+class SeedGeometry:
+    """Where n seeds lie relative to one seed a (an image's own seed) and to each other.
+
+    ``to_seed``: Euclidean distances |z_i - a| (n,), with their mean, standard deviation (ddof 0)
+    and coefficient of variation ``to_seed_cv`` = std / mean; ``to_seed_cosine``: cosine distances
+    1 - cos(z_i, a) (n,). ``pairwise`` and ``pairwise_cosine``: the n(n-1)/2 Euclidean and cosine
+    distances between distinct seeds (``pdist`` order), with means and standard deviations (ddof 0).
+    These are the official code's statistics (``analyze_latents.plot_latent_distances``: the square
+    matrix with its diagonal left out has the same mean and std as the pairs i < j).
+    """
+
+    n: int
+    d: int
+    to_seed: np.ndarray
+    to_seed_mean: float
+    to_seed_std: float
+    to_seed_cv: float
+    to_seed_cosine: np.ndarray
+    to_seed_cosine_mean: float
+    pairwise: np.ndarray
+    pairwise_mean: float
+    pairwise_std: float
+    pairwise_cosine: np.ndarray
+    pairwise_cosine_mean: float
+    pairwise_cosine_std: float
+
+
+def seed_geometry(seeds: torch.Tensor | np.ndarray, own_seed: torch.Tensor | np.ndarray) -> SeedGeometry:
+    """:class:`SeedGeometry` of ``seeds`` (n, ...) around ``own_seed`` (one seed, with or without a batch dim of 1)."""
+    z = _as_rows(seeds, "seeds")
+    a = torch.as_tensor(own_seed).detach().to("cpu", torch.float64).reshape(1, -1)
+    if a.shape[1] != z.shape[1]:
+        raise ValueError(f"own_seed has {a.shape[1]} entries, the seeds {z.shape[1]}")
+    if z.shape[0] < 2:
+        raise ValueError(f"seed geometry needs at least 2 seeds, got {z.shape[0]}")
+    to_seed = euclidean_distance(z, a)[:, 0].numpy()
+    to_cos = cosine_distance(z, a)[:, 0].numpy()
+    pair = pairwise_euclidean_distances(z).numpy()
+    pair_cos = pairwise_cosine_distances(z).numpy()
+    return SeedGeometry(
+        n=int(z.shape[0]), d=int(z.shape[1]),
+        to_seed=to_seed, to_seed_mean=float(to_seed.mean()), to_seed_std=float(to_seed.std()),
+        to_seed_cv=coefficient_of_variation(to_seed),
+        to_seed_cosine=to_cos, to_seed_cosine_mean=float(to_cos.mean()),
+        pairwise=pair, pairwise_mean=float(pair.mean()), pairwise_std=float(pair.std()),
+        pairwise_cosine=pair_cos, pairwise_cosine_mean=float(pair_cos.mean()),
+        pairwise_cosine_std=float(pair_cos.std()),
+    )
+
+
+@dataclass(frozen=True)
+class GaussianGeometry:
+    """The geometry of independent N(0, I_d) seeds, analytically (:func:`gaussian_geometry`).
+
+    ``norm_mean``, ``norm_std``: of |z| (chi with d degrees of freedom; about sqrt(d) and 1/sqrt(2)).
+    ``anchor_sq``: |a|^2 of the fixed seed a. ``to_anchor_mean``, ``to_anchor_std``, ``to_anchor_cv``:
+    of |z - a|, about sqrt(d + |a|^2), sqrt(2d + 4|a|^2) / (2 sqrt(d + |a|^2)) and their ratio
+    (CV_CONSTANT / sqrt(d) for a typical a, |a|^2 = d). ``pairwise_mean``: of |z - z'| for two
+    independent seeds, exactly sqrt(2) E|z| (z - z' is N(0, 2I)), about sqrt(2d). ``cosine_mean``, ``cosine_std``: of the cosine distance
+    1 - cos(z, z') of two independent seeds (or of z and any fixed a): 1 and 1/sqrt(d).
+    """
+
+    d: int
+    norm_mean: float
+    norm_std: float
+    anchor_sq: float
+    to_anchor_mean: float
+    to_anchor_std: float
+    to_anchor_cv: float
+    pairwise_mean: float
+    cosine_mean: float
+    cosine_std: float
+
+
+def gaussian_geometry(d: int, anchor_sq: float | None = None) -> GaussianGeometry:
+    """The analytic baselines of :class:`GaussianGeometry` for dimension ``d``; ``anchor_sq`` = |a|^2
+    of the fixed seed (None: d, a typical seed; pass the squared norm of an image's own seed).
+
+    The norm's moments are exact (E|z| = sqrt(2) Gamma((d+1)/2) / Gamma(d/2)); the distance to a
+    fixed seed uses the delta method on |z - a|^2 (mean d + |a|^2, variance 2d + 4|a|^2), accurate to
+    O(1/d) relative; the cosine distance's std is that of u_1 for u uniform on the sphere, 1/sqrt(d).
+    """
+    d = _positive_int(d, "d")
+    a2 = float(d if anchor_sq is None else anchor_sq)
+    if not (math.isfinite(a2) and a2 >= 0):
+        raise ValueError(f"anchor_sq must be a finite squared norm >= 0, got {anchor_sq!r}")
+    norm_mean = math.sqrt(2) * math.exp(math.lgamma((d + 1) / 2) - math.lgamma(d / 2))
+    mean_sq = d + a2
+    to_mean = math.sqrt(mean_sq)
+    to_std = math.sqrt(2 * d + 4 * a2) / (2 * to_mean)
+    return GaussianGeometry(
+        d=d, norm_mean=norm_mean, norm_std=math.sqrt(max(d - norm_mean**2, 0.0)), anchor_sq=a2,
+        to_anchor_mean=to_mean, to_anchor_std=to_std, to_anchor_cv=to_std / to_mean,
+        pairwise_mean=math.sqrt(2) * norm_mean, cosine_mean=1.0, cosine_std=1 / math.sqrt(d),
+    )
 
 
 # --------------------------------------------------------------------------- a large N(0, I) reference

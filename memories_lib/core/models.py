@@ -41,6 +41,7 @@ class LDM:
     scheduler: DDIMScheduler
     source: str = ""
     _hash: str | None = field(default=None, repr=False)
+    _vae_hash: str | None = field(default=None, repr=False)
 
     @property
     def device(self) -> torch.device:
@@ -76,9 +77,17 @@ class LDM:
             self._hash = hash_modules(self.unet, self.vae, self.text_encoder)
         return self._hash
 
+    def vae_hash(self) -> str:
+        """A content hash of the VAE's weights alone: keys what depends on the VAE only (decoder inversions),
+        so that models sharing a VAE (a base model and its erased variants) share those results."""
+        if self._vae_hash is None:
+            self._vae_hash = hash_modules(self.vae)
+        return self._vae_hash
+
     def invalidate_hash(self) -> None:
-        """Forget the cached hash (call after editing weights in place)."""
+        """Forget the cached hashes (call after editing weights in place)."""
         self._hash = None
+        self._vae_hash = None
 
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> "LDM":
         for module in (self.vae, self.unet, self.text_encoder):

@@ -7,6 +7,7 @@ them from the seeds the way that method reconstructs (DDIM, ReNoise: plain DDIM 
 guidance 1, the official setting; null-text: guidance 7.5 with the optimised per-step
 embeddings, or guidance 1 as the official Memories code; EDICT: its coupled exact sampler),
 decodes, and flags seeds that diverged (:func:`~memories_lib.inversion.common.diverged_seeds`).
+``invert_latents`` does the same from given latents z_0, without the encoder.
 Plain DDIM sampling from given or fresh seeds (``regenerate``, ``generate``) is
 ``memories_lib.core.sampling``.
 
@@ -366,23 +367,89 @@ def invert(
     """
     _check_images(images01, prompts)
     resolved = resolve(method, num_steps, **options)
+
+    def z0_of(start: int, end: int, generators):
+        sample = resolved["posterior"] == "sample"
+        return encode_images(ldm, images01[start:end], generators if sample else None)
+
+    return _invert_batches(ldm, images01.shape[0], z0_of, prompts, method, resolved, regenerate, return_trajectory,
+                           batch_size, progress)
+
+
+def invert_latents(
+    ldm: LDM,
+    latents: torch.Tensor,
+    prompts: Sequence[str],
+    method: str = "renoise",
+    num_steps: int | None = None,
+    regenerate: bool = True,
+    return_trajectory: bool = False,
+    batch_size: int | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> InversionResult:
+    """:func:`invert` of given scaled latents z_0 (B, C, h, w) instead of images: no encoder.
+
+    The latents are inverted as they are (``result.latents`` are they), so the configuration's
+    ``posterior`` does not apply (``result.config["posterior"]`` is "given"). Each image's generator
+    is first advanced past the posterior draw :func:`invert` would have made when the
+    configuration samples the posterior, so that the method's own random draws (ReNoise's
+    auto-correlation shifts) are those it makes for an image: the two entry points then differ
+    only in z_0. For latents already on a model's scale, e.g. the official null-text path of the
+    Sequential Inversion Block (``decoder latent * vae.config.scaling_factor``).
+    """
+    if latents.dim() != 4 or tuple(latents.shape[1:]) != tuple(ldm.latent_shape):
+        raise ValueError(f"latents must be (B, {', '.join(map(str, ldm.latent_shape))}) for this model, "
+                         f"got shape {tuple(latents.shape)}")
+    prompts = list(prompts)
+    if len(prompts) != latents.shape[0]:
+        raise ValueError(f"got {len(prompts)} prompts for {latents.shape[0]} latents")
+    resolved = resolve(method, num_steps, **options)
+    device = next(ldm.unet.parameters()).device
+
+    def z0_of(start: int, end: int, generators):
+        if generators is not None and resolved["posterior"] == "sample":
+            shape = (1, *ldm.latent_shape)
+            for g in generators:  # the draw of the posterior sample, skipped
+                torch.randn(shape, generator=g, dtype=torch.float32)
+        return latents[start:end].to(device, ldm.dtype)
+
+    result = _invert_batches(ldm, latents.shape[0], z0_of, prompts, method, resolved, regenerate,
+                             return_trajectory, batch_size, progress)
+    result.config = {**result.config, "posterior": "given"}
+    return result
+
+
+def _invert_batches(
+    ldm: LDM,
+    n: int,
+    z0_of: Callable[[int, int, list[torch.Generator] | None], torch.Tensor],
+    prompts: Sequence[str],
+    method: str,
+    resolved: dict[str, Any],
+    regenerate: bool,
+    return_trajectory: bool,
+    batch_size: int | None,
+    progress: bool,
+) -> InversionResult:
+    """The loop of :func:`invert` and :func:`invert_latents`: ``z0_of(start, end, generators)`` gives a batch's z_0."""
     spec = get_method(method)
     rows = unet_rows_per_image(resolved)
     if batch_size is None:
-        batch_size = throughput.unet_batch_size(ldm, images01.shape[0], rows)
+        batch_size = throughput.unet_batch_size(ldm, n, rows)
     _check_batch_size(batch_size)
     device = next(ldm.unet.parameters()).device
 
     seeds, latents, recon, recon_latents, trajectories, infos = [], [], [], [], [], []
-    starts = range(0, images01.shape[0], batch_size)
+    starts = range(0, n, batch_size)
     for start in tqdm(starts, desc=f"{method} inversion", disable=not progress or len(starts) < 2):
-        images = images01[start:start + batch_size]
-        batch_prompts = list(prompts[start:start + batch_size])
+        end = min(start + batch_size, n)
+        batch_prompts = list(prompts[start:end])
         generators = None
         if resolved["seed"] is not None:
-            generators = [torch.Generator().manual_seed(int(resolved["seed"])) for _ in range(images.shape[0])]
-        with throughput.threads_for_batch(rows * images.shape[0], device):
-            z0 = encode_images(ldm, images, generators if resolved["posterior"] == "sample" else None)
+            generators = [torch.Generator().manual_seed(int(resolved["seed"])) for _ in range(end - start)]
+        with throughput.threads_for_batch(rows * (end - start), device):
+            z0 = z0_of(start, end, generators)
             cond = encode_prompts(ldm, batch_prompts)
             out = spec.invert(ldm, z0, cond, resolved, generators=generators, return_trajectory=return_trajectory,
                               progress=progress)
@@ -411,4 +478,4 @@ def invert(
     )
 
 
-__all__ = ["METHODS", "InversionMethod", "Inverted", "get_method", "invert", "resolve"]
+__all__ = ["METHODS", "InversionMethod", "Inverted", "get_method", "invert", "invert_latents", "resolve"]

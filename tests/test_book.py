@@ -394,7 +394,7 @@ def _stream_text(nb) -> str:
     )
 
 
-def test_execute_chapter_runs_in_this_interpreter_at_the_root(root, memories_cache, caplog):
+def test_execute_chapter_runs_in_this_interpreter_at_the_root(root, memories_cache, caplog, capfd):
     caplog.set_level(logging.WARNING, logger="papermill")
     out = book.execute_chapter(_chapter(root, "02_probe"), "tiny", {"num_steps": 3, "limit": 5}, root / "out",
                                progress=False)
@@ -418,6 +418,8 @@ def test_execute_chapter_runs_in_this_interpreter_at_the_root(root, memories_cac
     assert (run.chapter, run.profile, run.cache, run.cache_files_added) == ("02_probe", "tiny", "warm", 0)
     assert run.seconds == pytest.approx(nb.metadata["papermill"]["duration"], abs=0.01)
     assert run.machine["cpu_count"] and run.machine["torch_threads"] >= 1
+    # the kernel talks over Unix sockets: no TCP port, and no warning about unencrypted TCP in the terminal
+    assert "without encryption" not in capfd.readouterr().err
 
 
 def test_statistics_page_shows_the_latest_cold_and_warm_run_per_chapter(tmp_path, monkeypatch):

@@ -25,6 +25,17 @@ def _drop_unknown_parameter_warnings(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith("Passed unknown parameter")
 
 
+def _kernel_over_unix_sockets(folder: Path) -> "Config":
+    """The kernel's configuration: its channels as Unix sockets in ``folder`` rather than TCP ports.
+
+    Nothing else on the machine can reach the kernel then, and ipykernel no longer warns, once per
+    chapter, that its TCP channels are not encrypted.
+    """
+    from traitlets.config import Config
+
+    return Config({"KernelManager": {"transport": "ipc", "ip": str(folder / "kernel")}})
+
+
 def run_notebook(chapter: Chapter, parameters: Mapping[str, Any], output: Path, progress: bool) -> Path:
     """Execute ``chapter`` with papermill and ``parameters`` (already checked) into ``output``.
 
@@ -55,6 +66,7 @@ def run_notebook(chapter: Chapter, parameters: Mapping[str, Any], output: Path, 
                 kernel_name=KERNEL_NAME,
                 cwd=str(chapter.root),
                 progress_bar=progress_bar,
+                config=_kernel_over_unix_sockets(Path(tmp)),
             )
     except PapermillExecutionError as err:
         first_line = next((line for line in err.source.splitlines() if line.strip()), "")

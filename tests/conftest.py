@@ -46,6 +46,17 @@ def memories_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
         yield path
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread (and do not fight other jobs for the cores)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_ldm_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-weight SD-layout model (VAE, UNet, CLIP text encoder, tokenizer, DDIM), built once."""

@@ -39,7 +39,7 @@ import contextlib
 import math
 import os
 import re
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -140,6 +140,31 @@ def memory_budget(device: torch.device | str = "cpu") -> int:
 _ROW_BYTES: dict[tuple, int] = {}
 
 
+def output_bytes(module: torch.nn.Module, forward: Callable[[], Any]) -> int:
+    """The bytes of every output of ``module`` and its submodules while ``forward()`` runs (without gradients).
+
+    Tensors count, and outputs holding one in ``.sample`` (diffusers' output classes).
+    """
+    total = 0
+
+    def count(_module, _inputs, output) -> None:
+        nonlocal total
+        for t in output if isinstance(output, (tuple, list)) else (output,):
+            if isinstance(t, torch.Tensor):
+                total += t.numel() * t.element_size()
+            elif hasattr(t, "sample") and isinstance(t.sample, torch.Tensor):
+                total += t.sample.numel() * t.sample.element_size()
+
+    hooks = [m.register_forward_hook(count) for m in module.modules()]
+    try:
+        with torch.no_grad():
+            forward()
+    finally:
+        for h in hooks:
+            h.remove()
+    return total
+
+
 def row_bytes(unet: torch.nn.Module, sample_shape: tuple[int, ...], context_shape: tuple[int, ...]) -> int:
     """Bytes that one row of a UNet call keeps alive: the sum of every module's output for a batch of 1.
 
@@ -151,25 +176,9 @@ def row_bytes(unet: torch.nn.Module, sample_shape: tuple[int, ...], context_shap
     key = (id(unet), tuple(sample_shape), tuple(context_shape), param.dtype, param.device.type)
     if key in _ROW_BYTES:
         return _ROW_BYTES[key]
-    total = 0
-
-    def count(_module, _inputs, output) -> None:
-        nonlocal total
-        for t in output if isinstance(output, (tuple, list)) else (output,):
-            if isinstance(t, torch.Tensor):
-                total += t.numel() * t.element_size()
-            elif hasattr(t, "sample") and isinstance(t.sample, torch.Tensor):
-                total += t.sample.numel() * t.sample.element_size()
-
-    hooks = [m.register_forward_hook(count) for m in unet.modules()]
-    try:
-        with torch.no_grad():
-            x = torch.zeros((1, *sample_shape), device=param.device, dtype=param.dtype)
-            c = torch.zeros((1, *context_shape), device=param.device, dtype=param.dtype)
-            unet(x, torch.tensor(1, device=param.device), encoder_hidden_states=c)
-    finally:
-        for h in hooks:
-            h.remove()
+    x = torch.zeros((1, *sample_shape), device=param.device, dtype=param.dtype)
+    c = torch.zeros((1, *context_shape), device=param.device, dtype=param.dtype)
+    total = output_bytes(unet, lambda: unet(x, torch.tensor(1, device=param.device), encoder_hidden_states=c))
     _ROW_BYTES[key] = max(1, total)
     return _ROW_BYTES[key]
 

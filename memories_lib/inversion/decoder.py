@@ -115,21 +115,8 @@ def decoder_row_bytes(vae: torch.nn.Module, latent_shape: tuple[int, int, int]) 
     backward pass; the factor 3 covers their gradients and the temporaries of the backward.
     """
     device, dtype = _vae_device(vae)
-    total = 0
-
-    def count(_module, _inputs, output) -> None:
-        nonlocal total
-        for t in output if isinstance(output, (tuple, list)) else (output,):
-            if isinstance(t, torch.Tensor):
-                total += t.numel() * t.element_size()
-
-    hooks = [m.register_forward_hook(count) for m in vae.decoder.modules()]
-    try:
-        with torch.no_grad():
-            vae.decode(torch.zeros((1, *latent_shape), device=device, dtype=dtype))
-    finally:
-        for h in hooks:
-            h.remove()
+    zero = torch.zeros((1, *latent_shape), device=device, dtype=dtype)
+    total = throughput.output_bytes(vae.decoder, lambda: vae.decode(zero))
     return max(1, 3 * total)
 
 

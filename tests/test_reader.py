@@ -51,15 +51,6 @@ def test_numbers_and_intervals_are_never_broken_over_lines_but_text_is():
     assert "row0_col0" in rule and "row0_col1" in rule and "row0_col2" not in rule
 
 
-def test_split_columns_keeps_the_index_and_balances_the_groups():
-    frame = pd.DataFrame(np.zeros((2, 9)), index=["a", "b"])
-    parts = tables.split_columns(frame, max_columns=6)
-    assert [p.shape[1] for p in parts] == [5, 4]
-    assert all(list(p.index) == ["a", "b"] for p in parts)
-    assert pd.concat(parts, axis=1).columns.tolist() == frame.columns.tolist()
-    assert tables.split_columns(frame, max_columns=9)[0] is frame
-
-
 # --------------------------------------------------------------------------- glue keys, without a browser
 
 PROSE = """\

@@ -4,12 +4,11 @@
   follows the magnitude (``auto_digits``: 1,234 / 123.4 / 12.34 / 0.123), thousands separated;
 - intervals: ``value [low, high]`` in one cell (``interval``); signed differences with their sign;
 - missing values: an en dash, never ``nan`` or ``None``; booleans: "yes" / "no", never ``True``/``False``;
-- width: a number or an interval is never broken over lines; a table with more columns than
-  ``max_columns`` is split into several tables over column groups, each repeating the index
-  (``split_columns``), so that none is wider than the book's column.
+- width: a number or an interval is never broken over lines (a table too wide for the book's column
+  is a table to split by meaning, as chapter 4's are; the reader's checks fail on one).
 
-``format_table`` applies these rules to a DataFrame and returns a Styler (what a notebook displays);
-``show_table`` displays it, split when it is wide. Cells that are already text are left as they are.
+``format_table`` applies these rules to a DataFrame and returns a Styler (what a notebook displays).
+Cells that are already text are left as they are.
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ import pandas as pd
 
 MISSING = "–"
 YES, NO = "yes", "no"
-MAX_COLUMNS = 6
 # A cell that reads as a number, an interval or a signed difference ("1.23 [1.10, 1.40]", "+0.12", "25%").
 NUMBER_LIKE = re.compile(r"^[-+–−]?\d[\d,.]*\s*(%|dB|s|σ)?(\s*\[[^\]]*\])?$")
 
@@ -90,11 +88,6 @@ def percent(value: Any, digits: int = 0) -> str:
     return MISSING if is_missing(value) else number(100 * float(value), digits, "%")
 
 
-def cell(value: Any, digits: int | None = None) -> str:
-    """Any cell value by the rules above."""
-    return number(value, digits)
-
-
 Format = int | str | Callable[[Any], str] | None
 
 
@@ -121,7 +114,7 @@ def format_table(frame: pd.DataFrame, formats: Mapping[str, Format] | Format = N
     per_column = formats if isinstance(formats, Mapping) else {c: formats for c in frame.columns}
     writers = {c: _formatter(per_column.get(c), missing) for c in frame.columns}
     styler = frame.style.format(writers)
-    styler = styler.format_index(cell, axis=0).format_index(cell, axis=1)
+    styler = styler.format_index(number, axis=0).format_index(number, axis=1)
     # a number or an interval is never broken over lines: its cell is as wide as it needs
     unbroken = frame.apply(lambda column: column.map(
         lambda v: "white-space: nowrap" if NUMBER_LIKE.match(writers[column.name](v)) else ""))
@@ -129,24 +122,3 @@ def format_table(frame: pd.DataFrame, formats: Mapping[str, Format] | Format = N
     if caption:
         styler = styler.set_caption(caption)
     return styler
-
-
-def split_columns(frame: pd.DataFrame, max_columns: int = MAX_COLUMNS) -> list[pd.DataFrame]:
-    """``frame`` as tables of at most ``max_columns`` columns each, in equal groups, each keeping the index."""
-    n = frame.shape[1]
-    if n <= max_columns:
-        return [frame]
-    parts = math.ceil(n / max_columns)
-    size = math.ceil(n / parts)
-    return [frame.iloc[:, i:i + size] for i in range(0, n, size)]
-
-
-def show_table(frame: pd.DataFrame, formats: Mapping[str, Format] | Format = None, caption: str | None = None,
-               max_columns: int = MAX_COLUMNS) -> None:
-    """Display ``frame`` by the book's rules, split over column groups when it is wide."""
-    from IPython.display import display
-
-    parts = split_columns(frame, max_columns)
-    for i, part in enumerate(parts):
-        suffix = f" ({i + 1} of {len(parts)})" if len(parts) > 1 and caption else ""
-        display(format_table(part, formats, (caption + suffix) if caption else None))

@@ -206,6 +206,34 @@ def test_chapter_4_runs_end_to_end_in_the_tiny_stable_diffusion_world(tmp_path):
         assert column in text, f"the chapter's tables have no column {column!r}"
 
 
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, parameters, expected", [
+    ("05_many_memories", {"n_boot": 50, "official_draws": 50},
+     ("decoder only", "single seed (ch. 4)", "d(M, C) W2, 50 N", "cosine between memories")),
+    ("06_geometry", {"num_samples": 200}, ("CV / N(0, I) CV", "distance to own seed", "seed shift by re-encoding")),
+])
+def test_sib_chapters_run_end_to_end_in_the_tiny_stable_diffusion_world(tmp_path, name, parameters, expected):
+    """The chapters of the Sequential Inversion Block on a Stable-Diffusion-layout world: queries from the prompt
+    CSVs and the style folder, supports from COCO (6 images without the concepts: 2 queries x 3 supports), a
+    computed (UCE) and a published (checkpoint) erased model, the official ReNoise run with its re-encoding."""
+    import json
+
+    from memories_lib.book import execute_chapter, resolve_chapter
+    from conftest import REPO
+
+    profile = build_tiny_sd_world(tmp_path / "world")
+    small = {"num_queries": 2, "num_supports": 3, "decoder_steps": 3, "num_steps": 2, "filter_erased_set": False}
+    out = execute_chapter(resolve_chapter(REPO, name), str(profile), {**small, **parameters},
+                          output=tmp_path / f"{name}.ipynb", progress=False)
+    cells = json.loads(out.read_text())["cells"]
+    text = json.dumps([c.get("outputs", []) for c in cells])
+    assert "Traceback" not in text and "Error" not in text
+    for row in ("vanilla", "uce", "esd-pub", "church", "van_gogh"):
+        assert row in text, f"the chapter's tables have no row for {row}"
+    for column in expected:
+        assert column in text, f"the chapter's tables have no column {column!r}"
+
 def test_shapes_guides_replace_the_concept_by_its_kinds_anchor():
     import dataclasses
 

@@ -264,6 +264,55 @@ def test_map_items_on_a_corrupt_entry(store):
     assert results[1].tensors["sq"].item() == 4.0
 
 
+def _compute_slowly_in_another_process(root, started, items):
+    """Child process: computes ``items`` (squares, 1.5 s) in the store at ``root``, signalling when it starts."""
+    import time
+
+    def compute_batch(batch):
+        Path(started).touch()
+        time.sleep(1.5)
+        return [({"sq": torch.tensor([float(x) ** 2])}, {"item": x, "by": "child"}) for x in batch]
+
+    Store(root).map_items(items, lambda x: {"item": x}, compute_batch, batch_size=8)
+
+
+def test_map_items_waits_for_another_process_computing_the_same_items(store, tmp_path):
+    import multiprocessing
+    import time
+
+    started = tmp_path / "started"
+    child = multiprocessing.get_context("fork").Process(
+        target=_compute_slowly_in_another_process, args=(str(store.root), str(started), [1, 2]))
+    child.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not started.exists():  # the child holds the locks of items 1 and 2 from here on
+            assert time.monotonic() < deadline and child.is_alive(), "the child process never started computing"
+            time.sleep(0.02)
+        log: list = []
+        results = store.map_items([1, 2, 3], lambda x: {"item": x}, make_compute(log), batch_size=8)
+    finally:
+        child.join(30)
+    assert child.exitcode == 0
+    assert log == [[3]]  # 1 and 2 were the child's: waited for and read, not computed twice
+    assert [e.meta.get("by") for e in results] == ["child", "child", None]
+    assert [e.tensors["sq"].item() for e in results] == [1.0, 4.0, 9.0]
+
+
+def test_get_or_compute_takes_an_entry_stored_meanwhile(store, monkeypatch):
+    parts = {"item": 7}
+    real_get, calls = store.get, []
+
+    def get_missing_once(key):  # the first look misses, as if another process stored it just after
+        calls.append(key)
+        return None if len(calls) == 1 else real_get(key)
+
+    store.put(Store.key(**parts), {"sq": torch.tensor([49.0])}, {"by": "other"}, parts=parts)
+    monkeypatch.setattr(store, "get", get_missing_once)
+    entry = store.get_or_compute(parts, lambda: pytest.fail("computed an entry that was stored meanwhile"))
+    assert entry.meta == {"by": "other"} and len(calls) == 2
+
+
 def test_locked_beside_locks_a_folder_without_creating_it(tmp_path):
     import fcntl
 

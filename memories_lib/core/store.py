@@ -355,14 +355,38 @@ class Store:
                 pass
         return removed
 
+    @contextlib.contextmanager
+    def computing(self, keys: Sequence[str]) -> Iterator[None]:
+        """Exclusive locks on ``keys`` (a hidden ``.<key>.lock`` beside each entry), for computing them.
+
+        Two processes that ask for the same missing entry (two chapters side by side) must not both
+        compute it: the second waits here until the first has stored it, then finds it with
+        ``get``. The locks are taken in sorted order, so two processes with overlapping batches
+        cannot wait on each other.
+        """
+        with contextlib.ExitStack() as stack:
+            for key in sorted(set(keys)):
+                data_path, _ = self.paths(key)
+                data_path.parent.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(_locked_file(data_path.parent / f".{key}.lock"))
+            yield
+
     def get_or_compute(self, parts: dict[str, Any], compute: Callable[[], tuple[Tensors, Meta]]) -> Entry:
-        """The entry for ``parts``; if absent, ``compute() -> (tensors, meta)`` makes it and it is stored."""
+        """The entry for ``parts``; if absent, ``compute() -> (tensors, meta)`` makes it and it is stored.
+
+        The computation runs under :meth:`computing`: a process that asks for the same entry
+        meanwhile waits for it instead of computing it again.
+        """
         key = self.key(**parts)
         entry = self.get(key)
         if entry is not None:
             return entry
-        tensors, meta = compute()
-        return self.put(key, tensors, meta, parts=parts)
+        with self.computing([key]):
+            entry = self.get(key)  # stored meanwhile by another process?
+            if entry is not None:
+                return entry
+            tensors, meta = compute()
+            return self.put(key, tensors, meta, parts=parts)
 
     def map_items(
         self,
@@ -378,7 +402,8 @@ class Store:
         ``key_fn(item)`` gives a key or a dict of key parts. Missing items go in batches of
         ``batch_size`` to ``compute_batch(batch) -> [(tensors, meta), ...]`` (one pair per item, in
         order); each batch is stored as soon as it is done, so an interrupted run resumes where it
-        stopped. Items with the same key are computed once. A corrupt entry raises
+        stopped. Items with the same key are computed once, and a batch is computed under
+        :meth:`computing`, so another process asking for the same items waits and reads them. A corrupt entry raises
         StoreCorruptError unless ``recompute_corrupt`` is set.
         """
         if int(batch_size) != batch_size or batch_size < 1:
@@ -417,11 +442,19 @@ class Store:
         with tqdm(total=len(results) + len(todo), initial=len(results), desc=desc, unit="item") as bar:
             for start in range(0, len(todo), int(batch_size)):
                 batch = todo[start : start + int(batch_size)]
-                outputs = list(compute_batch([items[i] for i in batch]))
-                if len(outputs) != len(batch):
-                    raise ValueError(f"compute_batch returned {len(outputs)} results for a batch of {len(batch)} items")
-                for i, (tensors, meta) in zip(batch, outputs):
-                    results[keys[i]] = self.put(keys[i], tensors, meta, parts=parts_of[keys[i]])
+                with self.computing([keys[i] for i in batch]):
+                    # Another process (a chapter beside this one) may have stored some meanwhile.
+                    stored = {i: self.get(keys[i]) for i in batch}
+                    for i, entry in stored.items():
+                        if entry is not None:
+                            results[keys[i]] = entry
+                    batch_left = [i for i in batch if stored[i] is None]
+                    outputs = list(compute_batch([items[i] for i in batch_left])) if batch_left else []
+                    if len(outputs) != len(batch_left):
+                        raise ValueError(f"compute_batch returned {len(outputs)} results for a batch of "
+                                         f"{len(batch_left)} items")
+                    for i, (tensors, meta) in zip(batch_left, outputs):
+                        results[keys[i]] = self.put(keys[i], tensors, meta, parts=parts_of[keys[i]])
                 bar.update(len(batch))
         return [results[k] for k in keys]
 

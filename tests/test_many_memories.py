@@ -333,6 +333,32 @@ def test_seed_geometry_by_hand():
     assert (g.n, g.d) == (3, 2)
 
 
+def test_sphere_coordinates_by_hand():
+    own = torch.tensor([1.0, 0.0])
+    seeds = torch.tensor([[3.0, 0.0], [1.0, 2.0], [-1.0, 0.0]])  # offsets (2, 0), (0, 2), (-2, 0): all at distance 2
+    radius, angle = sib.sphere_coordinates(seeds, own)
+    expected = metrics.gaussian_geometry(2, anchor_sq=1.0).to_anchor_mean
+    np.testing.assert_allclose(radius, [2 / expected] * 3)
+    np.testing.assert_allclose(angle, [(90 + 180) / 2, (90 + 90) / 2, (180 + 90) / 2])
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        sib.sphere_coordinates(seeds[:1], own)
+
+
+def test_a_query_with_a_diverged_own_seed_or_too_few_memories_is_not_measurable(ldm, queries, supports, tmp_path):
+    r = sib.many_memories(ldm, queries, supports, Store(tmp_path / "store"), method="ddim", num_steps=2,
+                          decoder_steps=2, progress=False)[0]
+    assert r.measurable
+    radius, angle = r.sphere()
+    assert radius.shape == angle.shape == (3,)
+    r.own.diverged[:] = True
+    assert not r.measurable
+    r.own.diverged[:] = False
+    r.memories.diverged[:2] = True  # one memory left: no pairwise distance
+    assert not r.measurable
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        r.sphere()
+
+
 def test_seed_geometry_matches_scipy_and_the_official_matrix():
     z = torch.randn(6, 2, 3, 3, generator=torch.Generator().manual_seed(0))
     own = torch.randn(1, 2, 3, 3, generator=torch.Generator().manual_seed(1))

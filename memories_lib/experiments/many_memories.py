@@ -497,6 +497,21 @@ class QueryMemories:
     def control_nll(self) -> np.ndarray | None:
         return None if self.controls is None else metrics.nll(self.controls.seeds).numpy()
 
+    @property
+    def measurable(self) -> bool:
+        """Whether this query has a geometry: its own seed finite, and two memories (and controls) that did not diverge."""
+        return (not bool(self.own.diverged.any()) and int((~self.memories.diverged).sum()) >= 2
+                and (self.controls is None or int((~self.controls.diverged).sum()) >= 2))
+
+    def sphere(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each memory's place around the own seed a: (distance to a relative to N(0, I) seeds', mean angle).
+
+        The first is |z_i - a| divided by the expected distance of a N(0, I) seed from a
+        (:func:`metrics.gaussian_geometry` with a's norm); the second is the mean angle in degrees,
+        seen from a, between z_i - a and the other memories' z_j - a. Diverged memories are left out.
+        """
+        return sphere_coordinates(self.memories.seeds[~self.memories.diverged], self.own.seeds[0])
+
     def geometry(self, controls: bool = False) -> metrics.SeedGeometry:
         """:func:`metrics.seed_geometry` of the memories (or of the controls) around the query's own seed.
 
@@ -507,6 +522,25 @@ class QueryMemories:
             raise ValueError("this run has no controls (many_memories(..., controls=True) computes them)")
         keep = ~result.diverged
         return metrics.seed_geometry(result.seeds[keep], self.own.seeds[0])
+
+
+def sphere_coordinates(seeds: torch.Tensor, own_seed: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Where ``seeds`` (n >= 2, ...) lie around ``own_seed`` a: (|z_i - a| / E|z - a| for z ~ N(0, I), mean angle).
+
+    The mean angle of z_i is the mean over j != i of the angle in degrees between z_i - a and
+    z_j - a. Seeds on a thin sphere around a share the first number and spread in the second.
+    """
+    v = torch.as_tensor(seeds).flatten(1).double() - torch.as_tensor(own_seed).flatten().double()
+    n = v.shape[0]
+    if n < 2:
+        raise ValueError(f"sphere_coordinates needs at least 2 seeds, got {n}")
+    r = v.norm(dim=1)
+    cos = (v @ v.T) / (r[:, None] * r[None, :])
+    angle = torch.rad2deg(torch.arccos(cos.clamp(-1, 1)))
+    mean_angle = (angle.sum(dim=1) - angle.diagonal()) / (n - 1)
+    a_sq = float(torch.as_tensor(own_seed).double().square().sum())
+    expected = metrics.gaussian_geometry(v.shape[1], anchor_sq=a_sq).to_anchor_mean
+    return (r / expected).numpy(), mean_angle.numpy()
 
 
 def many_memories(
@@ -667,5 +701,5 @@ __all__ = [
     "ENCODER_MEAN", "HANDOFFS", "NUM_QUERIES", "NUM_SUPPORTS", "OFFICIAL_HANDOFF", "QueryMemories",
     "ReencodingShift", "SIBInputs", "SIBLatents", "SIBSettings", "SIB_VERSION", "check_settings", "decoder_key",
     "decoder_latents", "draw_supports", "invert_decoder_latents", "many_memories", "reencode_input",
-    "reencoding_shift", "sib_inputs", "summarise",
+    "reencoding_shift", "sib_inputs", "sphere_coordinates", "summarise",
 ]

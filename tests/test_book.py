@@ -664,3 +664,14 @@ def test_front_matter_is_read_and_a_broken_one_is_named(tmp_path):
     source.write_text("---\nmemories: [unclosed\n---\n")
     with pytest.raises(BookError, match="front matter"):
         book.toc.front_matter(source)
+
+
+def test_whole_number_names_the_parameter_it_refuses():
+    import numpy as np
+
+    from memories_lib.book import ParameterError, whole_number
+
+    assert whole_number("n", 3, 1) == 3 and whole_number("n", np.int64(5), 5) == 5
+    for bad in (0, -1, 2.0, "3", True, None):
+        with pytest.raises(ParameterError, match=r"parameter n must be a whole number >= 1, got"):
+            whole_number("n", bad, 1)

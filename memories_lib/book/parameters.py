@@ -10,6 +10,7 @@ from a literal default; an unannotated ``None`` or non-literal default accepts a
 from __future__ import annotations
 
 import ast
+import numbers
 import re
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
@@ -166,6 +167,17 @@ def _coerce(name: str, value: Any, spec: NotebookParameter, where: str) -> Any:
             f"(its default is {spec.default!r}), got {value!r} ({type(value).__name__})"
         )
     return value
+
+
+def whole_number(name: str, value: Any, least: int) -> int:
+    """A chapter's parameter ``value`` as an int if it is a whole number >= ``least``, else ParameterError.
+
+    For the checks a chapter makes after resolving its defaults (``None``: the profile's value), before
+    any work: ``whole_number("num_queries", 0, 1)`` names the parameter and the value refused.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        raise ParameterError(f"parameter {name} must be a whole number >= {least}, got {value!r}")
+    return int(value)
 
 
 def check_parameters(

@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 PROFILE ?= mini
 STAMP   := $(VENV)/.stamp-install
 
-.PHONY: book test venv clean benchmarks check-book
+.PHONY: book test venv clean benchmarks check-book slides
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ book: $(STAMP)
 # The reader's checks (headless Chromium) over every page of the book built by `make book`.
 check-book: $(STAMP)
 	$(BIN)/memories check-book
+
+# The slide deck (slides/deck.md) from the chapters `make book` executed: _build/slides/index.html.
+slides: $(STAMP)
+	$(BIN)/memories slides
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)

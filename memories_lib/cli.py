@@ -5,6 +5,7 @@
     memories trainings --seeds SEED ... [--profile NAME] [--chapters NAME ...]
     memories tune-erasure [--profile NAME] [--seeds SEED ...] [--sweeps NAME ...] [--concepts NAME ...] [-n N]
     memories check-book [--html DIR] [PAGE ...]
+    memories slides [--root ROOT] [--deck FILE] [-o OUT]
     memories profiles
     memories train-mini [ARGS ...]
 
@@ -79,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("pages", nargs="*", metavar="PAGE", help="only these pages (default: every page of the book)")
     check.add_argument("--html", default=None, help="the built book (default: ROOT/_build/html)")
     check.add_argument("--root", default=None, help="the book's root (default: the folder holding _toc.yml)")
+
+    slides = sub.add_parser("slides", help="build the slide deck from the executed chapters (their figures and glued numbers)")
+    slides.add_argument("--root", default=None, help="the book's root (default: the folder holding _toc.yml)")
+    slides.add_argument("--deck", default=None, help="the deck file (default: ROOT/slides/deck.md)")
+    slides.add_argument("-o", "--output", default=None, help="the HTML deck (default: ROOT/_build/slides/index.html)")
 
     sub.add_parser("profiles", help="list the shipped profiles")
     sub.add_parser("train-mini", help="train the embedded mini world (arguments go to memories_lib.worlds.shapes.training.cli)",
@@ -175,6 +181,16 @@ def _cmd_check_book(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_slides(args: argparse.Namespace) -> int:
+    from .book import find_root
+    from .book.slides import build_slides, deck_summary
+
+    root = Path(args.root).resolve() if args.root else find_root()
+    path = build_slides(root, args.deck, args.output)
+    print(f"The slides are at {path} ({deck_summary(path)}); keys: arrows or space, n for the speaker notes")
+    return 0
+
+
 def _cmd_profiles(args: argparse.Namespace) -> int:
     from .core.profile import ProfileError, list_profiles, load_profile
 
@@ -209,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SystemExit as exit_:  # argparse printed its usage message (or --help)
             return int(exit_.code or 0)
         commands = {"book": _cmd_book, "run": _cmd_run, "trainings": _cmd_trainings, "tune-erasure": _cmd_tune_erasure,
-                    "check-book": _cmd_check_book, "profiles": _cmd_profiles}
+                    "check-book": _cmd_check_book, "slides": _cmd_slides, "profiles": _cmd_profiles}
         return commands[args.command](args)
     except (ParameterError, ProfileError) as err:
         print(f"memories: error: {err}", file=sys.stderr)

@@ -26,6 +26,7 @@ from memories_lib.book.slides import (
     format_value,
     parse_deck,
 )
+from memories_lib.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTER = "04_concept_memory"
@@ -190,6 +191,16 @@ def test_an_unexecuted_chapter_says_to_run_make_book(tmp_path: Path) -> None:
         book.glue("99_nothing", "n_held")
     with pytest.raises(SlidesError, match=r"chapters 05_many_memories, 06_geometry have not been executed"):
         book.require([CHAPTER, "05_many_memories", "06_geometry"])
+
+
+def test_the_cli_writes_the_deck_and_fails_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    write_deck(tmp_path)
+    assert main(["slides", "--root", str(tmp_path)]) == 1
+    assert "has not been executed" in capsys.readouterr().err
+    write_chapter(tmp_path)
+    out = tmp_path / "deck.html"
+    assert main(["slides", "--root", str(tmp_path), "-o", str(out)]) == 0
+    assert "2 slides" in capsys.readouterr().out and out.is_file()
 
 
 def test_the_deck_opens_the_slide_its_address_names_in_chromium(tmp_path: Path) -> None:

@@ -157,6 +157,22 @@ class World(abc.ABC):
     def control_captions(self, n: int, seed: int, exclude: Sequence[str] = ()) -> list[str]:
         """``n`` captions naming none of the concepts in ``exclude``, drawn with ``seed`` (for :meth:`control_set`)."""
 
+    def attribute_phrase(self, attributes: Mapping[str, str]) -> str:
+        """Words naming a combination of detector labels (head -> label), for the similarity model.
+
+        The default joins the labels ("church", "church van gogh"); a world with a caption grammar says
+        it in that grammar (the shapes world: ``{"colour": "red"}`` -> "a red shape").
+        """
+        if not attributes:
+            raise ValueError("attribute_phrase needs at least one head and label")
+        return " ".join(str(label) for label in attributes.values())
+
+    def drawn_set(self, n: int, seed: int, allowed: Mapping[str, Sequence[str]] | None = None) -> ImageSet:
+        """``n`` images drawn by the world itself (not generated), each detector head's label uniform over
+        ``allowed[head]`` (default: every label), everything else drawn as usual; ``info["labels"]``: the true
+        label of each image per head. Only a world with a renderer has this; others raise WorldError."""
+        raise WorldError(f"the {self.kind} world draws no images of chosen attributes itself (it has no renderer)")
+
     def describe(self) -> dict[str, str]:
         """One sentence each on where this world's erased, reference and control sets come from (for the chapters)."""
         return {"erased_set": self.ERASED_SET_TEXT, "reference_set": self.REFERENCE_SET_TEXT,

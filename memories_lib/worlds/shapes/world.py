@@ -275,6 +275,27 @@ class ShapesWorld(World):
         info = {"acceptance": len(kept_images) / tried, "tried": tried, "kept": len(kept_images)}
         return ImageSet(f"E[{concept}]", torch.stack(kept_images[:k]), kept_prompts[:k], info=info)
 
+    def attribute_phrase(self, attributes: Mapping[str, str]) -> str:
+        """The caption grammar's words for labels of the classifier's heads: {"colour": "red"} -> "a red shape",
+        {"shape": "star", "background": "dots"} -> "a star on a dotted background"."""
+        unknown = sorted(set(attributes) - set(HEADS))
+        if unknown or not attributes:
+            raise ValueError(f"attributes must name some of the heads {list(HEADS)}, got {dict(attributes)}")
+        return prompt(**attributes)
+
+    def drawn_set(self, n: int, seed: int, allowed: Mapping[str, Sequence[str]] | None = None) -> ImageSet:
+        """``n`` images drawn by the renderer, each head's label uniform over ``allowed[head]`` (default: all)."""
+        allowed = dict(allowed or {})
+        unknown = sorted(set(allowed) - set(HEADS))
+        if unknown:
+            raise ValueError(f"unknown head(s) {unknown}; the shapes world's heads are {list(HEADS)}")
+        if n < 0:
+            raise ValueError(f"a drawn set needs n >= 0 images, got {n}")
+        images, specs = make_dataset(n, self.image_size, seed=seed, shapes=allowed.get("shape"),
+                                     colours=allowed.get("colour"), backgrounds=allowed.get("background"))
+        labels = {head: [getattr(s, head) for s in specs] for head in HEADS}
+        return ImageSet("drawn", images, [caption(s) for s in specs], info={"labels": labels})
+
     def reference_set(self, n: int, seed: int, exclude: Sequence[str] = ()) -> ImageSet:
         """``n`` rendered drawings with none of the ``exclude`` shapes or backgrounds, chosen with ``seed``."""
         shapes, backgrounds = self._allowed(exclude)

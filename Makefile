@@ -25,9 +25,10 @@ book: $(STAMP)
 check-book: $(STAMP)
 	$(BIN)/memories check-book
 
-# The slide deck (slides/deck.md) from the chapters `make book` executed: _build/slides/index.html.
+# The slide deck (slides/deck.md) from the chapters `make book` executed: _build/slides/index.html and, printed
+# by headless Chromium, index.pdf beside it.
 slides: $(STAMP)
-	$(BIN)/memories slides
+	$(BIN)/memories slides --pdf
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)

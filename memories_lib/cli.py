@@ -5,7 +5,7 @@
     memories trainings --seeds SEED ... [--profile NAME] [--chapters NAME ...]
     memories tune-erasure [--profile NAME] [--seeds SEED ...] [--sweeps NAME ...] [--concepts NAME ...] [-n N]
     memories check-book [--html DIR] [PAGE ...]
-    memories slides [--root ROOT] [--deck FILE] [-o OUT]
+    memories slides [--root ROOT] [--deck FILE] [-o OUT] [--pdf]
     memories profiles
     memories train-mini [ARGS ...]
 
@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     slides.add_argument("--root", default=None, help="the book's root (default: the folder holding _toc.yml)")
     slides.add_argument("--deck", default=None, help="the deck file (default: ROOT/slides/deck.md)")
     slides.add_argument("-o", "--output", default=None, help="the HTML deck (default: ROOT/_build/slides/index.html)")
+    slides.add_argument("--pdf", action="store_true", help="also print the deck to a PDF beside it (headless Chromium)")
 
     sub.add_parser("profiles", help="list the shipped profiles")
     sub.add_parser("train-mini", help="train the embedded mini world (arguments go to memories_lib.worlds.shapes.training.cli)",
@@ -183,11 +184,14 @@ def _cmd_check_book(args: argparse.Namespace) -> int:
 
 def _cmd_slides(args: argparse.Namespace) -> int:
     from .book import find_root
-    from .book.slides import build_slides, deck_summary
+    from .book.slides import build_slides, deck_summary, export_pdf, pdf_pages
 
     root = Path(args.root).resolve() if args.root else find_root()
     path = build_slides(root, args.deck, args.output)
     print(f"The slides are at {path} ({deck_summary(path)}); keys: arrows or space, n for the speaker notes")
+    if args.pdf:
+        pdf = export_pdf(path)
+        print(f"and printed to {pdf} ({pdf_pages(pdf)} pages)")
     return 0
 
 

@@ -23,8 +23,10 @@ from memories_lib.book.slides import (
     FigureRef,
     SlidesError,
     build_slides,
+    export_pdf,
     format_value,
     parse_deck,
+    pdf_pages,
 )
 from memories_lib.cli import main
 
@@ -252,3 +254,15 @@ def test_the_shipped_deck_names_only_what_the_chapters_declare() -> None:
     assert slides[0].layout == "title" and all(s.notes for s in slides)
     used = {c for s in slides for c, _ in s.references()} | {s.figure.chapter for s in slides if s.figure}
     assert {"01_background", "04_concept_memory", "05_many_memories", "06_geometry", "07_limitations"} <= used
+
+
+def test_the_deck_prints_to_a_pdf_of_one_page_per_slide(tmp_path: Path) -> None:
+    try:
+        reader.find_chromium()
+    except BookError as err:
+        pytest.skip(str(err))
+    write_chapter(tmp_path)
+    out = build_slides(tmp_path, write_deck(tmp_path))
+    pdf = export_pdf(out)
+    assert pdf == out.with_suffix(".pdf") and pdf.read_bytes().startswith(b"%PDF")
+    assert pdf_pages(pdf) == 2  # the two slides of the test deck, one page each

@@ -488,6 +488,40 @@ def build_slides(root: str | Path, deck: str | Path | None = None, output: str |
     return out
 
 
+PDF_PAGE = re.compile(rb"/Type\s*/Page(?![a-zA-Z])")
+
+
+def pdf_pages(path: Path) -> int:
+    """How many pages a PDF written by Chromium has (its uncompressed page objects)."""
+    return len(PDF_PAGE.findall(Path(path).read_bytes()))
+
+
+def export_pdf(deck: str | Path, pdf: str | Path | None = None, browser: str | None = None) -> Path:
+    """Print the HTML ``deck`` to a PDF with headless Chromium (one 16:9 slide per page, the deck's print style).
+
+    ``pdf`` defaults to the deck's path with ``.pdf``; a BookError says how to install Chromium when there is
+    none, and a SlidesError when the PDF does not have one page per slide.
+    """
+    import subprocess
+    import tempfile
+
+    from .reader import CHROMIUM_FLAGS, find_chromium
+
+    deck = Path(deck).resolve()
+    out = Path(pdf) if pdf else deck.with_suffix(".pdf")
+    browser = browser or find_chromium()
+    with tempfile.TemporaryDirectory(prefix="memories-slides-") as profile_dir:
+        done = subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile_dir}", "--no-pdf-header-footer",
+                               f"--print-to-pdf={out.resolve()}", deck.as_uri()],
+                              capture_output=True, text=True, timeout=300)
+    slides = deck.read_text(encoding="utf-8").count("<section class=")
+    if done.returncode != 0 or not out.is_file():
+        raise SlidesError(f"Chromium did not print {deck} to {out} (exit {done.returncode}): {done.stderr[-300:]}")
+    if pdf_pages(out) != slides:
+        raise SlidesError(f"{out} has {pdf_pages(out)} pages for {slides} slides: the print style did not hold")
+    return out
+
+
 def deck_summary(path: Path) -> str:
     """A one-line summary of a written deck: its slides and size."""
     text = path.read_text(encoding="utf-8")
@@ -495,5 +529,5 @@ def deck_summary(path: Path) -> str:
 
 
 __all__ = ["DECK_PATH", "OUTPUT_PATH", "GLUE_REF", "ExecutedBook", "Figure", "FigureRef", "RunInfo", "Slide",
-           "SlidesError", "build_slides", "deck_summary", "describe_machine", "format_value", "parse_deck",
-           "render_deck"]
+           "SlidesError", "build_slides", "deck_summary", "describe_machine", "export_pdf", "format_value",
+           "parse_deck", "pdf_pages", "render_deck"]

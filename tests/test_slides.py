@@ -8,14 +8,20 @@ nothing executes a model. The last test checks the shipped deck against the chap
 from __future__ import annotations
 
 import base64
+import io
 import json
 import re
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 import nbformat
+import numpy as np
+import pypdfium2 as pdfium
+import pypdfium2.raw as pdfium_c
 import pytest
+from PIL import Image, ImageDraw
 
 from memories_lib.book import BookError, reader
 from memories_lib.book.slides import (
@@ -46,7 +52,7 @@ def glue_output(name: str, value: object) -> nbformat.NotebookNode:
 
 
 def write_chapter(root: Path, name: str = CHAPTER, profile: str = "mini", glued: dict | None = None,
-                  figure: str = "fig-distances", with_image: bool = True) -> Path:
+                  figure: str = "fig-distances", with_image: bool = True, png: str = PNG) -> Path:
     """An executed chapter ``root/_executed/NAME.ipynb`` (and its source): a banner, glued values, a figure."""
     (root / "notebooks").mkdir(parents=True, exist_ok=True)
     (root / "notebooks" / f"{name}.md").write_text("# a chapter\n")
@@ -55,7 +61,7 @@ def write_chapter(root: Path, name: str = CHAPTER, profile: str = "mini", glued:
                               "text/plain": "<IPython.core.display.Markdown object>"})])
     glue_cell = nbformat.v4.new_code_cell("glue(...)", outputs=[
         glue_output(k, v) for k, v in (glued if glued is not None else {"min_psnr": 23.456, "num_images": 8}).items()])
-    image = [nbformat.v4.new_output("display_data", data={"image/png": PNG, "text/plain": "<Figure>"})]
+    image = [nbformat.v4.new_output("display_data", data={"image/png": png, "text/plain": "<Figure>"})]
     figure_cell = nbformat.v4.new_code_cell("plt.show()", outputs=image if with_image else [])
     figure_cell.metadata["mystnb"] = {"figure": {"name": figure, "caption": "Distances of E against R."}}
     nb = nbformat.v4.new_notebook(cells=[banner, glue_cell, figure_cell])
@@ -89,6 +95,13 @@ Say that the PSNR is {glue:04_concept_memory/min_psnr:.2f} dB.
 
 Second paragraph.
 """
+
+
+def _browser() -> str:
+    try:
+        return reader.find_chromium()
+    except BookError as err:
+        pytest.skip(str(err))  # CI installs Chromium before `make test` (.ci/run)
 
 
 def write_deck(root: Path, text: str = DECK) -> Path:
@@ -206,10 +219,7 @@ def test_the_cli_writes_the_deck_and_fails_with_one_line(tmp_path: Path, capsys:
 
 
 def test_the_deck_opens_the_slide_its_address_names_in_chromium(tmp_path: Path) -> None:
-    try:
-        browser = reader.find_chromium()
-    except BookError as err:
-        pytest.skip(str(err))
+    browser = _browser()
     write_chapter(tmp_path)
     out = build_slides(tmp_path, write_deck(tmp_path))
     with tempfile.TemporaryDirectory(prefix="memories-slides-") as profile_dir:
@@ -257,12 +267,167 @@ def test_the_shipped_deck_names_only_what_the_chapters_declare() -> None:
 
 
 def test_the_deck_prints_to_a_pdf_of_one_page_per_slide(tmp_path: Path) -> None:
-    try:
-        reader.find_chromium()
-    except BookError as err:
-        pytest.skip(str(err))
+    _browser()
     write_chapter(tmp_path)
     out = build_slides(tmp_path, write_deck(tmp_path))
     pdf = export_pdf(out)
     assert pdf == out.with_suffix(".pdf") and pdf.read_bytes().startswith(b"%PDF")
     assert pdf_pages(pdf) == 2  # the two slides of the test deck, one page each
+
+
+# ------------------------------------------------------------------ the deck read as a person would: pixels
+
+INK = 48  # a pixel is ink when a channel differs from the slide's white by more than this
+
+
+def _ink(image, box: tuple[int, int, int, int] | None = None) -> float:
+    """The fraction of the pixels of ``image`` (within ``box``) that are not the slide's white."""
+    pixels = np.asarray(image.convert("RGB"), dtype=np.int16)
+    if box is not None:
+        left, top, right, bottom = box
+        pixels = pixels[top:bottom, left:right]
+    if not pixels.size:
+        return 0.0
+    return float((np.abs(255 - pixels).max(axis=-1) > INK).mean())
+
+
+def _screenshot(browser: str, url: str, out: Path, size: tuple[int, int] = (1280, 720)):
+    """``url`` as headless Chromium draws it in a window of ``size`` (a PIL image)."""
+    with tempfile.TemporaryDirectory(prefix="memories-slides-") as profile_dir:
+        done = subprocess.run([browser, *reader.CHROMIUM_FLAGS, f"--user-data-dir={profile_dir}",
+                               "--hide-scrollbars", f"--window-size={size[0]},{size[1]}",
+                               f"--screenshot={out}", url], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and out.is_file(), f"Chromium drew nothing for {url}: {done.stderr[-300:]}"
+    with Image.open(out) as image:
+        return image.convert("RGB")
+
+
+def _slide_box(image) -> tuple[int, int, int, int]:
+    """The white 16:9 slide inside the dark page around it (the deck centres it)."""
+    white = (np.asarray(image) > 240).all(axis=-1)
+    rows, cols = np.flatnonzero(white.any(axis=1)), np.flatnonzero(white.any(axis=0))
+    assert rows.size and cols.size, "no slide on the page"
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def read_deck(deck: Path, book: ExecutedBook, browser: str, out_dir: Path) -> list[str]:
+    """Every problem a person would see, slide by slide, in the HTML deck and in its PDF beside it.
+
+    HTML: each slide, opened by its address ``#N``, is drawn to a PNG; it must show a slide with text
+    on it, and a slide that names a figure must change where the figure is when the figure is hidden
+    (the image is drawn, visible and not tiny). PDF: each page is rendered to a PNG; it must have
+    ink, and hold exactly the images its slide names, at their own pixel size, over a real part of
+    the page.
+    """
+    slides = parse_deck((book.root / "slides" / "deck.md").read_text(), source="deck.md")
+    problems: list[str] = []
+    hidden = deck.with_name("hidden-figures.html")  # the same deck with every figure made invisible
+    hidden.write_text(deck.read_text().replace("</style>", ".frame img { visibility: hidden; }</style>", 1))
+    pdf = pdfium.PdfDocument(deck.with_suffix(".pdf"))
+    if len(pdf) != len(slides):
+        problems.append(f"the PDF has {len(pdf)} pages for {len(slides)} slides")
+    for number, slide in enumerate(slides, start=1):
+        where = f"slide {number} ({slide.title!r})"
+        shot = _screenshot(browser, f"{deck.as_uri()}#{number}", out_dir / f"slide-{number:02d}.png")
+        box = _slide_box(shot)
+        if (box[2] - box[0]) * (box[3] - box[1]) < 0.5 * shot.width * shot.height:
+            problems.append(f"{where}: the slide covers only {box} of the window")
+        if _ink(shot, box) < 0.003:
+            problems.append(f"{where}: the slide is blank in the browser ({_ink(shot, box):.2%} ink)")
+        figure = book.figure(slide.figure) if slide.figure else None
+        if figure is not None:
+            bare = _screenshot(browser, f"{hidden.as_uri()}#{number}", out_dir / f"slide-{number:02d}-bare.png")
+            changed = np.abs(np.asarray(shot, np.int16) - np.asarray(bare, np.int16)).max(axis=-1) > INK
+            rows, cols = np.flatnonzero(changed.any(axis=1)), np.flatnonzero(changed.any(axis=0))
+            extent = (np.ptp(rows) * np.ptp(cols) / changed.size) if rows.size else 0.0
+            if changed.mean() < 0.003 or extent < 0.1:
+                problems.append(f"{where}: hiding its figure changes {changed.mean():.2%} of the window, over "
+                                f"{extent:.1%} of it: the figure is not drawn, or drawn too small to read")
+        if number > len(pdf):
+            continue
+        page = pdf[number - 1]
+        rendered = page.render(scale=0.5).to_pil()
+        rendered.save(out_dir / f"page-{number:02d}.png")
+        if _ink(rendered) < 0.003:
+            problems.append(f"{where}: the PDF page is blank ({_ink(rendered):.2%} ink)")
+        images = list(page.get_objects(filter=[pdfium_c.FPDF_PAGEOBJ_IMAGE], max_depth=5))
+        if figure is None:
+            if images:
+                problems.append(f"{where}: the PDF page holds {len(images)} image(s) for a slide without a figure")
+            continue
+        with Image.open(io.BytesIO(base64.b64decode(figure.data))) as drawn:
+            size = drawn.size
+        sizes = [tuple(o.get_px_size()) for o in images]
+        if sizes != [size]:
+            problems.append(f"{where}: the PDF page holds images of {sizes} pixels, not the figure's {size}")
+            continue
+        left, bottom, right, top = images[0].get_bounds()
+        width, height = page.get_size()
+        share = (right - left) * (top - bottom) / (width * height)
+        if share < 0.1:
+            problems.append(f"{where}: the figure covers {share:.1%} of the PDF page")
+        scale = rendered.width / width
+        region = (int(left * scale), int((height - top) * scale), int(right * scale), int((height - bottom) * scale))
+        if _ink(rendered, region) < 0.01:
+            problems.append(f"{where}: the figure's place on the PDF page is blank")
+    return problems
+
+
+def drawn_png(size: tuple[int, int] = (480, 320)) -> str:
+    """A figure-like PNG (axes, a curve, dots), base64 as a notebook stores it."""
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    w, h = size
+    draw.line([(40, h - 30), (w - 10, h - 30)], fill="black", width=2)
+    draw.line([(40, 10), (40, h - 30)], fill="black", width=2)
+    draw.line([(40 + k * (w - 60) // 20, h - 40 - (k * k * (h - 60)) // 400) for k in range(21)], fill="#1f77b4", width=4)
+    for k in range(30):
+        x, y = 50 + (k * 37) % (w - 70), 20 + (k * 53) % (h - 70)
+        draw.ellipse([x, y, x + 10, y + 10], fill="#d95f02")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _read_planted(root: Path, browser: str, plant: str = "") -> list[str]:
+    """Build the hand-made deck at ``root``, add ``plant`` to its style, print it, and read it."""
+    deck = build_slides(root, write_deck(root))
+    deck.write_text(deck.read_text().replace("</style>", plant + "</style>", 1))
+    export_pdf(deck, browser=browser)
+    shots = root / "shots"
+    shots.mkdir(exist_ok=True)
+    return read_deck(deck, ExecutedBook(root), browser, shots)
+
+
+def test_the_reader_of_the_deck_passes_a_good_deck_and_catches_blank_slides_and_missing_figures(tmp_path: Path) -> None:
+    browser = _browser()
+    good, tiny, blank = tmp_path / "good", tmp_path / "tiny-figure", tmp_path / "blank"
+    write_chapter(good, png=drawn_png())
+    assert _read_planted(good, browser) == []
+    assert sorted(p.name for p in (good / "shots").iterdir()) == [
+        "page-01.png", "page-02.png", "slide-01.png", "slide-02-bare.png", "slide-02.png"]
+    write_chapter(tiny)  # its figure is a single pixel: drawn, but nothing anyone can read
+    assert any("the figure is not drawn, or drawn too small" in p for p in _read_planted(tiny, browser))
+    write_chapter(blank, png=drawn_png())
+    problems = _read_planted(blank, browser, plant=".slide * { visibility: hidden; }")
+    for text in ("slide 1 ('The paper'): the slide is blank in the browser",
+                 "slide 1 ('The paper'): the PDF page is blank",
+                 "slide 2 ('Concept memory'): hiding its figure changes 0.00%"):
+        assert any(p.startswith(text) for p in problems), (text, problems)
+
+
+@pytest.mark.slow
+def test_make_slides_on_the_tiny_book_builds_a_deck_and_a_pdf_a_person_can_read(built_book, tmp_path: Path) -> None:
+    browser = _browser()
+    assert built_book.returncode == 0, built_book.failure()
+    stamp = tmp_path / "installed"  # the environment running the tests is the installed project
+    stamp.touch()
+    done = subprocess.run(["make", "slides", f"BIN={Path(sys.executable).parent}", f"STAMP={stamp}"],
+                          cwd=built_book.root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    deck = built_book.root / "_build" / "slides" / "index.html"
+    assert "slides" in done.stdout and deck.with_suffix(".pdf").is_file()
+    problems = read_deck(deck, ExecutedBook(built_book.root), browser, tmp_path)
+    assert not problems, "\n".join(problems)
+    slides = parse_deck((built_book.root / "slides" / "deck.md").read_text())
+    assert len(list(tmp_path.glob("slide-??.png"))) == len(list(tmp_path.glob("page-??.png"))) == len(slides)

@@ -125,7 +125,8 @@ def erase(
         prompts = erase_prompts(method, concept)
         computed = spec.compute(base, prompts, full, measure_ratio=measure_ratio, progress=progress)
         seconds = time.perf_counter() - start
-        save_ldm(path, vae=base.vae, unet=computed.unet, text_encoder=base.text_encoder,
+        text_encoder = computed.text_encoder if computed.text_encoder is not None else base.text_encoder
+        save_ldm(path, vae=base.vae, unet=computed.unet, text_encoder=text_encoder,
                  tokenizer=base.tokenizer, scheduler=base.scheduler)
         info = {
             "method": method,

@@ -118,10 +118,12 @@ class CheckpointParams:
 
 @dataclass(frozen=True)
 class Computed:
-    """What a computing method returns: the new UNet and diagnostics for the cache's record."""
+    """What a computing method returns: the new UNet (and text encoder, for a method that trains it; None
+    keeps the base model's) and diagnostics for the cache's record."""
 
     unet: torch.nn.Module
     details: dict[str, Any] = field(default_factory=dict)
+    text_encoder: torch.nn.Module | None = None
 
 
 def _uce_kwargs(params: Mapping[str, Any]) -> dict[str, Any]:

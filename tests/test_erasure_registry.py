@@ -33,6 +33,7 @@ RUN = {
     "esd-x": {"iterations": 1, "ddim_steps": 2, "lr": 1e-3},
     "esd-u": {"iterations": 1, "ddim_steps": 2, "lr": 1e-3},
     "checkpoint": _checkpoint,
+    "rece": {},
 }
 
 

@@ -5,6 +5,7 @@
 ``cache``        computed erased models are saved once as diffusers folders, keyed by what made them;
 ``uce``          closed-form editing of cross-attention (erase, moderate, debias);
 ``esd``          fine-tuning with negative guidance (ESD-x, ESD-u);
+``rece``         UCE, then closed-form adversarial embeddings edited away (RECE);
 ``checkpoints``  published Stable Diffusion 1.4 checkpoints (UNet state dicts, partial edits,
                  replacement text encoders), loaded safely.
 
@@ -23,6 +24,7 @@ from .checkpoints import (
     save_unet_weights,
 )
 from .esd import ESD_METHODS, ESDConfig, ESDResult, esd_erase, esd_parameter_names
+from .rece import RECEParams, RECEResult, adversarial_embedding, rece_erase
 from .registry import METHODS, ErasureMethod, get_method, resolve_params
 from .uce import (
     UCEResult,
@@ -42,7 +44,10 @@ __all__ = [
     "ErasedModel",
     "ErasureMethod",
     "METHODS",
+    "RECEParams",
+    "RECEResult",
     "UCEResult",
+    "adversarial_embedding",
     "apply_text_encoder",
     "apply_unet_checkpoint",
     "closed_form_weight",
@@ -56,6 +61,7 @@ __all__ = [
     "load_text_encoder",
     "read_info",
     "read_state_dict",
+    "rece_erase",
     "resolve_params",
     "save_unet_weights",
     "token_embeddings",

@@ -24,6 +24,7 @@ from ..core.profile import thaw
 from ..core.store import content_key
 from .checkpoints import apply_text_encoder, apply_unet_checkpoint
 from .esd import ESDConfig, esd_erase, esd_parameter_names
+from .rece import RECEParams, rece_erase
 from .uce import (
     DEFAULT_ERASE_SCALE,
     DEFAULT_LAMBDA,
@@ -166,6 +167,11 @@ def _esd(method: str) -> Callable[..., Computed]:
     return compute
 
 
+def _rece(base: LDM, prompts: list[str], params: Mapping[str, Any], *, progress: bool, **_: Any) -> Computed:
+    result = rece_erase(base.unet, base.text_encoder, base.tokenizer, prompts, RECEParams(**params), progress=progress)
+    return Computed(result.unet, {"edited": sorted(result.edited), "history": result.history})
+
+
 def _load_checkpoint(base: LDM, concept: ConceptPrompts, params: Mapping[str, Any]) -> LDM:
     path = params["paths"][concept.concept]  # resolve_params has checked that it is there
     if params["component"] == "unet":
@@ -258,6 +264,11 @@ METHODS: dict[str, ErasureMethod] = {
             "checkpoint", CheckpointParams, "a published erased model: a UNet state dict or a text encoder per concept",
             changes=lambda ldm, p: _prefixed(p["component"], _checkpoint_parameters(ldm, p)),
             load=_load_checkpoint,
+        ),
+        ErasureMethod(
+            "rece", RECEParams, "RECE: UCE, then closed-form adversarial embeddings edited towards the guides",
+            changes=lambda ldm, p: _prefixed("unet", _uce_parameters(ldm.unet, p)),
+            compute=_rece, concept_defaults=("guides", "preserve", "preserve_scale"),
         ),
     )
 }

@@ -34,6 +34,11 @@ RUN = {
     "esd-u": {"iterations": 1, "ddim_steps": 2, "lr": 1e-3},
     "checkpoint": _checkpoint,
     "rece": {},
+    "salun": {"epochs": 1, "batch_size": 2, "forget_samples": 2, "retain_samples": 2, "sample_steps": 2, "lr": 1e-3},
+    "erasediff": {"epochs": 1, "batch_size": 2, "forget_samples": 2, "retain_samples": 2, "sample_steps": 2,
+                  "inner_steps": 1, "lr": 1e-3},
+    "scissorhands": {"epochs": 1, "batch_size": 2, "forget_samples": 2, "retain_samples": 2, "sample_steps": 2,
+                     "prune_batches": 1, "lr": 1e-3},
 }
 
 

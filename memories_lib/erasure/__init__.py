@@ -6,6 +6,10 @@
 ``uce``          closed-form editing of cross-attention (erase, moderate, debias);
 ``esd``          fine-tuning with negative guidance (ESD-x, ESD-u);
 ``rece``         UCE, then closed-form adversarial embeddings edited away (RECE);
+``unlearning``   what the unlearning methods share: forget and retain sets, pseudo prompts, losses;
+``salun``        SalUn: fine-tuning of the weights salient to the concept only;
+``erasediff``    EraseDiff: first-order constrained unlearning;
+``scissorhands`` Scissorhands: the weights most connected to the concept re-initialised, then repaired;
 ``checkpoints``  published Stable Diffusion 1.4 checkpoints (UNet state dicts, partial edits,
                  replacement text encoders), loaded safely.
 
@@ -23,9 +27,12 @@ from .checkpoints import (
     read_state_dict,
     save_unet_weights,
 )
+from .erasediff import EraseDiffParams, erasediff_erase
 from .esd import ESD_METHODS, ESDConfig, ESDResult, esd_erase, esd_parameter_names
 from .rece import RECEParams, RECEResult, adversarial_embedding, rece_erase
 from .registry import METHODS, ErasureMethod, get_method, resolve_params
+from .salun import SalUnParams, saliency_mask, salun_erase
+from .scissorhands import ScissorhandsParams, scissorhands_erase, trim_mask
 from .uce import (
     UCEResult,
     closed_form_weight,
@@ -35,18 +42,24 @@ from .uce import (
     uce_erase,
     uce_moderate,
 )
+from .unlearning import UnlearningParams, UnlearningResult
 
 __all__ = [
     "CheckpointError",
     "ESDConfig",
     "ESDResult",
     "ESD_METHODS",
+    "EraseDiffParams",
     "ErasedModel",
     "ErasureMethod",
     "METHODS",
     "RECEParams",
     "RECEResult",
+    "SalUnParams",
+    "ScissorhandsParams",
     "UCEResult",
+    "UnlearningParams",
+    "UnlearningResult",
     "adversarial_embedding",
     "apply_text_encoder",
     "apply_unet_checkpoint",
@@ -54,6 +67,7 @@ __all__ = [
     "cross_attention_projections",
     "erase",
     "erased_path",
+    "erasediff_erase",
     "esd_erase",
     "esd_parameter_names",
     "get_method",
@@ -63,8 +77,12 @@ __all__ = [
     "read_state_dict",
     "rece_erase",
     "resolve_params",
+    "saliency_mask",
+    "salun_erase",
     "save_unet_weights",
+    "scissorhands_erase",
     "token_embeddings",
+    "trim_mask",
     "uce_debias",
     "uce_erase",
     "uce_moderate",

@@ -23,8 +23,11 @@ from ..core.models import LDM
 from ..core.profile import thaw
 from ..core.store import content_key
 from .checkpoints import apply_text_encoder, apply_unet_checkpoint
+from .erasediff import EraseDiffParams, erasediff_erase
 from .esd import ESDConfig, esd_erase, esd_parameter_names
 from .rece import RECEParams, rece_erase
+from .salun import SalUnParams, salun_erase
+from .scissorhands import ScissorhandsParams, scissorhands_erase, scissorhands_parameter_names
 from .uce import (
     DEFAULT_ERASE_SCALE,
     DEFAULT_LAMBDA,
@@ -33,6 +36,7 @@ from .uce import (
     uce_debias,
     uce_erase,
 )
+from .unlearning import trained_names
 
 # --------------------------------------------------------------------------- parameters
 
@@ -172,6 +176,16 @@ def _rece(base: LDM, prompts: list[str], params: Mapping[str, Any], *, progress:
     return Computed(result.unet, {"edited": sorted(result.edited), "history": result.history})
 
 
+def _unlearning(erase_fn: Callable[..., Any], params_class: type) -> Callable[..., Computed]:
+    """The registry's compute function of an unlearning method (SalUn, EraseDiff, Scissorhands)."""
+
+    def compute(base: LDM, prompts: list[str], params: Mapping[str, Any], *, progress: bool, **_: Any) -> Computed:
+        result = erase_fn(base, prompts, params_class(**params), progress=progress)
+        return Computed(result.unet, {"trained": len(result.trained), **result.details})
+
+    return compute
+
+
 def _load_checkpoint(base: LDM, concept: ConceptPrompts, params: Mapping[str, Any]) -> LDM:
     path = params["paths"][concept.concept]  # resolve_params has checked that it is there
     if params["component"] == "unet":
@@ -269,6 +283,22 @@ METHODS: dict[str, ErasureMethod] = {
             "rece", RECEParams, "RECE: UCE, then closed-form adversarial embeddings edited towards the guides",
             changes=lambda ldm, p: _prefixed("unet", _uce_parameters(ldm.unet, p)),
             compute=_rece, concept_defaults=("guides", "preserve", "preserve_scale"),
+        ),
+        ErasureMethod(
+            "salun", SalUnParams, "SalUn: the UNet weights salient to the concept fine-tuned towards the guides",
+            changes=lambda ldm, p: _prefixed("unet", trained_names(ldm.unet, p["train_method"])),
+            compute=_unlearning(salun_erase, SalUnParams), concept_defaults=("guides", "preserve"),
+        ),
+        ErasureMethod(
+            "erasediff", EraseDiffParams, "EraseDiff: first-order constrained unlearning (guides as pseudo prompts)",
+            changes=lambda ldm, p: _prefixed("unet", trained_names(ldm.unet, p["train_method"])),
+            compute=_unlearning(erasediff_erase, EraseDiffParams), concept_defaults=("guides", "preserve"),
+        ),
+        ErasureMethod(
+            "scissorhands", ScissorhandsParams, "Scissorhands: the weights most connected to the concept "
+            "re-initialised, then repaired",
+            changes=lambda ldm, p: _prefixed("unet", scissorhands_parameter_names(ldm.unet, ScissorhandsParams(**p))),
+            compute=_unlearning(scissorhands_erase, ScissorhandsParams), concept_defaults=("guides", "preserve"),
         ),
     )
 }

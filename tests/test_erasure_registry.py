@@ -33,6 +33,9 @@ RUN = {
     "esd-x": {"iterations": 1, "ddim_steps": 2, "lr": 1e-3},
     "esd-u": {"iterations": 1, "ddim_steps": 2, "lr": 1e-3},
     "checkpoint": _checkpoint,
+    "spm": {"iterations": 1, "lr_warmup_steps": 0, "samples": 2, "ddim_steps": 2, "lr": 1e-3},
+    "advunlearn": {"iterations": 2, "warmup_iterations": 1, "attack_steps": 1, "samples": 2, "ddim_steps": 2,
+                   "retain_batch": 1, "lr": 1e-3},
 }
 
 

@@ -39,6 +39,9 @@ RUN = {
                   "inner_steps": 1, "lr": 1e-3},
     "scissorhands": {"epochs": 1, "batch_size": 2, "forget_samples": 2, "retain_samples": 2, "sample_steps": 2,
                      "prune_batches": 1, "lr": 1e-3},
+    "spm": {"iterations": 1, "lr_warmup_steps": 0, "samples": 2, "ddim_steps": 2, "lr": 1e-3},
+    "advunlearn": {"iterations": 2, "warmup_iterations": 1, "attack_steps": 1, "samples": 2, "ddim_steps": 2,
+                   "retain_batch": 1, "lr": 1e-3},
 }
 
 

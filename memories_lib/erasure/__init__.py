@@ -1,4 +1,4 @@
-"""Concept erasure: a registry of methods, the project's own UCE and ESD, published checkpoints.
+"""Concept erasure: a registry of methods, the project's own implementations of them, published checkpoints.
 
 ``registry``     every method by name, its parameters (a dataclass of official defaults) and what
                  it changes; :func:`erase` runs one on a base model and a concept's prompts;
@@ -10,6 +10,8 @@
 ``salun``        SalUn: fine-tuning of the weights salient to the concept only;
 ``erasediff``    EraseDiff: first-order constrained unlearning;
 ``scissorhands`` Scissorhands: the weights most connected to the concept re-initialised, then repaired;
+``spm``          a rank-1 membrane on the UNet's transformer blocks, ESD's loss plus latent anchoring;
+``advunlearn``   the text encoder trained with ESD's loss on adversarial prefix prompts;
 ``checkpoints``  published Stable Diffusion 1.4 checkpoints (UNet state dicts, partial edits,
                  replacement text encoders), loaded safely.
 
@@ -17,6 +19,7 @@ Erasure receives a :class:`~memories_lib.core.concepts.ConceptPrompts` from a wo
 imports a world.
 """
 
+from .advunlearn import AdvUnlearnParams, AdvUnlearnResult, advunlearn_erase, advunlearn_parameter_names
 from .cache import ErasedModel, erase, erased_path, read_info
 from .checkpoints import (
     CheckpointError,
@@ -33,6 +36,7 @@ from .rece import RECEParams, RECEResult, adversarial_embedding, rece_erase
 from .registry import METHODS, ErasureMethod, get_method, resolve_params
 from .salun import SalUnParams, saliency_mask, salun_erase
 from .scissorhands import ScissorhandsParams, scissorhands_erase, trim_mask
+from .spm import Membrane, SPMParams, SPMResult, spm_erase, spm_layer_names
 from .uce import (
     UCEResult,
     closed_form_weight,
@@ -45,6 +49,8 @@ from .uce import (
 from .unlearning import UnlearningParams, UnlearningResult
 
 __all__ = [
+    "AdvUnlearnParams",
+    "AdvUnlearnResult",
     "CheckpointError",
     "ESDConfig",
     "ESDResult",
@@ -53,14 +59,19 @@ __all__ = [
     "ErasedModel",
     "ErasureMethod",
     "METHODS",
+    "Membrane",
     "RECEParams",
     "RECEResult",
+    "SPMParams",
+    "SPMResult",
     "SalUnParams",
     "ScissorhandsParams",
     "UCEResult",
     "UnlearningParams",
     "UnlearningResult",
     "adversarial_embedding",
+    "advunlearn_erase",
+    "advunlearn_parameter_names",
     "apply_text_encoder",
     "apply_unet_checkpoint",
     "closed_form_weight",
@@ -81,6 +92,8 @@ __all__ = [
     "salun_erase",
     "save_unet_weights",
     "scissorhands_erase",
+    "spm_erase",
+    "spm_layer_names",
     "token_embeddings",
     "trim_mask",
     "uce_debias",

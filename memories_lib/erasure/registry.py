@@ -22,12 +22,14 @@ from ..core.concepts import ConceptPrompts
 from ..core.models import LDM
 from ..core.profile import thaw
 from ..core.store import content_key
+from .advunlearn import AdvUnlearnParams, advunlearn_erase, advunlearn_parameter_names
 from .checkpoints import apply_text_encoder, apply_unet_checkpoint
 from .erasediff import EraseDiffParams, erasediff_erase
 from .esd import ESDConfig, esd_erase, esd_parameter_names
 from .rece import RECEParams, rece_erase
 from .salun import SalUnParams, salun_erase
 from .scissorhands import ScissorhandsParams, scissorhands_erase, scissorhands_parameter_names
+from .spm import SPMParams, spm_erase, spm_layer_names
 from .uce import (
     DEFAULT_ERASE_SCALE,
     DEFAULT_LAMBDA,
@@ -186,6 +188,18 @@ def _unlearning(erase_fn: Callable[..., Any], params_class: type) -> Callable[..
     return compute
 
 
+def _spm(base: LDM, prompts: list[str], params: Mapping[str, Any], *, progress: bool, **_: Any) -> Computed:
+    result = spm_erase(base, prompts, SPMParams(**params), progress=progress)
+    return Computed(result.unet, {"layers": len(result.layers), "losses": result.losses})
+
+
+def _advunlearn(base: LDM, prompts: list[str], params: Mapping[str, Any], *, progress: bool, **_: Any) -> Computed:
+    # The UNet is the base model's own; only the text encoder is new.
+    result = advunlearn_erase(base, prompts, AdvUnlearnParams(**params), progress=progress)
+    return Computed(base.unet, {"trained": len(result.trained), "losses": result.losses, "attacks": result.attacks},
+                    text_encoder=result.text_encoder)
+
+
 def _load_checkpoint(base: LDM, concept: ConceptPrompts, params: Mapping[str, Any]) -> LDM:
     path = params["paths"][concept.concept]  # resolve_params has checked that it is there
     if params["component"] == "unet":
@@ -299,6 +313,19 @@ METHODS: dict[str, ErasureMethod] = {
             "re-initialised, then repaired",
             changes=lambda ldm, p: _prefixed("unet", scissorhands_parameter_names(ldm.unet, ScissorhandsParams(**p))),
             compute=_unlearning(scissorhands_erase, ScissorhandsParams), concept_defaults=("guides", "preserve"),
+        ),
+        ErasureMethod(
+            "spm", SPMParams, "SPM: a rank-1 membrane beside every layer of the UNet's transformer blocks, "
+            "ESD's loss plus latent anchoring, merged",
+            changes=lambda ldm, p: [f"unet.{name}.weight" for name in spm_layer_names(ldm.unet)],
+            compute=_spm, concept_defaults=("guides", "preserve"),
+        ),
+        ErasureMethod(
+            "advunlearn", AdvUnlearnParams, "AdvUnlearn: the text encoder trained with ESD's loss on adversarial "
+            "prefix prompts, plus a retain term",
+            changes=lambda ldm, p: _prefixed("text_encoder",
+                                             advunlearn_parameter_names(ldm.text_encoder, p["component"])),
+            compute=_advunlearn, concept_defaults=("preserve",),
         ),
     )
 }

@@ -33,6 +33,8 @@ RUN = {
     "esd-x": {"iterations": 1, "ddim_steps": 2, "lr": 1e-3},
     "esd-u": {"iterations": 1, "ddim_steps": 2, "lr": 1e-3},
     "checkpoint": _checkpoint,
+    "fmn": {"iterations": 1, "lr": 1e-3, "num_images": 2, "sample_steps": 2},
+    "ac": {"iterations": 1, "lr": 1e-3, "num_images": 2, "sample_steps": 2, "batch_size": 2},
 }
 
 

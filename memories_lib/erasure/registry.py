@@ -22,8 +22,10 @@ from ..core.concepts import ConceptPrompts
 from ..core.models import LDM
 from ..core.profile import thaw
 from ..core.store import content_key
+from .ac import ACParams, ac_erase, ac_parameter_names
 from .checkpoints import apply_text_encoder, apply_unet_checkpoint
 from .esd import ESDConfig, esd_erase, esd_parameter_names
+from .fmn import FMNParams, fmn_erase, fmn_parameter_names
 from .uce import (
     DEFAULT_ERASE_SCALE,
     DEFAULT_LAMBDA,
@@ -166,6 +168,17 @@ def _esd(method: str) -> Callable[..., Computed]:
     return compute
 
 
+def _fmn(base: LDM, prompts: list[str], params: Mapping[str, Any], *, progress: bool, **_: Any) -> Computed:
+    result = fmn_erase(base, prompts, FMNParams(**params), progress=progress)
+    return Computed(result.unet, {"trained": len(result.trained), "losses": result.losses, "tokens": result.tokens})
+
+
+def _ac(base: LDM, prompts: list[str], params: Mapping[str, Any], *, progress: bool, **_: Any) -> Computed:
+    result = ac_erase(base, prompts, ACParams(**params), progress=progress)
+    return Computed(result.unet, {"trained": len(result.trained), "losses": result.losses,
+                                  "prior_losses": result.prior_losses, "anchors": result.info["anchors"]})
+
+
 def _load_checkpoint(base: LDM, concept: ConceptPrompts, params: Mapping[str, Any]) -> LDM:
     path = params["paths"][concept.concept]  # resolve_params has checked that it is there
     if params["component"] == "unet":
@@ -258,6 +271,16 @@ METHODS: dict[str, ErasureMethod] = {
             "checkpoint", CheckpointParams, "a published erased model: a UNet state dict or a text encoder per concept",
             changes=lambda ldm, p: _prefixed(p["component"], _checkpoint_parameters(ldm, p)),
             load=_load_checkpoint,
+        ),
+        ErasureMethod(
+            "fmn", FMNParams, "FMN: the UNet fine-tuned to stop attending to the concept's tokens",
+            changes=lambda ldm, p: _prefixed("unet", fmn_parameter_names(ldm.unet, p["parameters"])),
+            compute=_fmn, concept_defaults=("guides",),
+        ),
+        ErasureMethod(
+            "ac", ACParams, "AC: cross-attention K/V fine-tuned so the concept's prompts predict their anchors' noise",
+            changes=lambda ldm, p: _prefixed("unet", ac_parameter_names(ldm.unet)),
+            compute=_ac, concept_defaults=("guides",),
         ),
     )
 }

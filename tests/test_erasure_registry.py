@@ -42,6 +42,8 @@ RUN = {
     "spm": {"iterations": 1, "lr_warmup_steps": 0, "samples": 2, "ddim_steps": 2, "lr": 1e-3},
     "advunlearn": {"iterations": 2, "warmup_iterations": 1, "attack_steps": 1, "samples": 2, "ddim_steps": 2,
                    "retain_batch": 1, "lr": 1e-3},
+    "fmn": {"iterations": 1, "lr": 1e-3, "num_images": 2, "sample_steps": 2},
+    "ac": {"iterations": 1, "lr": 1e-3, "num_images": 2, "sample_steps": 2, "batch_size": 2},
 }
 
 

@@ -23,6 +23,7 @@ from ..core.models import LDM
 from ..core.profile import thaw
 from ..core.store import content_key
 from .advunlearn import AdvUnlearnParams, advunlearn_erase, advunlearn_parameter_names
+from .ac import ACParams, ac_erase, ac_parameter_names
 from .checkpoints import apply_text_encoder, apply_unet_checkpoint
 from .erasediff import EraseDiffParams, erasediff_erase
 from .esd import ESDConfig, esd_erase, esd_parameter_names
@@ -30,6 +31,7 @@ from .rece import RECEParams, rece_erase
 from .salun import SalUnParams, salun_erase
 from .scissorhands import ScissorhandsParams, scissorhands_erase, scissorhands_parameter_names
 from .spm import SPMParams, spm_erase, spm_layer_names
+from .fmn import FMNParams, fmn_erase, fmn_parameter_names
 from .uce import (
     DEFAULT_ERASE_SCALE,
     DEFAULT_LAMBDA,
@@ -200,6 +202,17 @@ def _advunlearn(base: LDM, prompts: list[str], params: Mapping[str, Any], *, pro
                     text_encoder=result.text_encoder)
 
 
+def _fmn(base: LDM, prompts: list[str], params: Mapping[str, Any], *, progress: bool, **_: Any) -> Computed:
+    result = fmn_erase(base, prompts, FMNParams(**params), progress=progress)
+    return Computed(result.unet, {"trained": len(result.trained), "losses": result.losses, "tokens": result.tokens})
+
+
+def _ac(base: LDM, prompts: list[str], params: Mapping[str, Any], *, progress: bool, **_: Any) -> Computed:
+    result = ac_erase(base, prompts, ACParams(**params), progress=progress)
+    return Computed(result.unet, {"trained": len(result.trained), "losses": result.losses,
+                                  "prior_losses": result.prior_losses, "anchors": result.info["anchors"]})
+
+
 def _load_checkpoint(base: LDM, concept: ConceptPrompts, params: Mapping[str, Any]) -> LDM:
     path = params["paths"][concept.concept]  # resolve_params has checked that it is there
     if params["component"] == "unet":
@@ -326,6 +339,16 @@ METHODS: dict[str, ErasureMethod] = {
             changes=lambda ldm, p: _prefixed("text_encoder",
                                              advunlearn_parameter_names(ldm.text_encoder, p["component"])),
             compute=_advunlearn, concept_defaults=("preserve",),
+        ),
+        ErasureMethod(
+            "fmn", FMNParams, "FMN: the UNet fine-tuned to stop attending to the concept's tokens",
+            changes=lambda ldm, p: _prefixed("unet", fmn_parameter_names(ldm.unet, p["parameters"])),
+            compute=_fmn, concept_defaults=("guides",),
+        ),
+        ErasureMethod(
+            "ac", ACParams, "AC: cross-attention K/V fine-tuned so the concept's prompts predict their anchors' noise",
+            changes=lambda ldm, p: _prefixed("unet", ac_parameter_names(ldm.unet)),
+            compute=_ac, concept_defaults=("guides",),
         ),
     )
 }

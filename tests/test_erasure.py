@@ -318,8 +318,8 @@ def test_debiasing_edits_the_shortest_prompt_only(ldm):
 
 
 def test_erase_rejects_bad_requests(ldm):
-    with pytest.raises(ValueError, match="unknown erasure method 'fmn'.*esd-x"):
-        erase(ldm, "fmn", CONCEPT)
+    with pytest.raises(ValueError, match="unknown erasure method 'forget-all'.*esd-x"):
+        erase(ldm, "forget-all", CONCEPT)
     with pytest.raises(ValueError, match="unknown parameter.*lambda"):
         erase(ldm, "uce", CONCEPT, {"lambda": 0.5})
     with pytest.raises(ValueError, match="needs the parameter.*measure"):

@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from ..core.models import LDM, encode_prompts
 from ..core.progress import tqdm
 from ..core.tokenizer import tokenize
-from .training import TrainingLatents, add_noise, finish, sample_latents, trainable_copy
+from .training import TrainingLatents, add_noise, check_prompts, finish, sample_latents, trainable_copy
 
 ATTACK_METHODS = ("pgd", "fast_at")
 ATTACK_INITS = ("random", "latest")
@@ -225,12 +225,7 @@ def advunlearn_erase(ldm: LDM, prompts: Sequence[str], params: AdvUnlearnParams 
     ``ldm`` (its UNet included, which is used frozen) is not modified. Every random draw comes
     from a generator seeded with ``params.seed``.
     """
-    prompts = list(prompts)
-    if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
-        raise ValueError(f"AdvUnlearn needs one or more non-empty concept prompts, got {prompts!r}")
-    if params.samples < len(prompts):
-        raise ValueError(f"AdvUnlearn samples ({params.samples}) must be at least the number of concept prompts "
-                         f"({len(prompts)}): each prompt needs a generation")
+    prompts = check_prompts("AdvUnlearn", prompts, params.samples)
     generator = torch.Generator(device="cpu").manual_seed(int(params.seed))
     unet, frozen = ldm.unet, ldm.text_encoder
     retain_prompts = list(params.preserve or ()) if params.retain_weight > 0 else []

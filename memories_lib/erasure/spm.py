@@ -60,7 +60,7 @@ from diffusers.optimization import get_cosine_with_hard_restarts_schedule_with_w
 
 from ..core.models import LDM, encode_prompts
 from ..core.progress import tqdm
-from .training import add_noise, finish, noise_loss, sample_latents
+from .training import add_noise, check_prompts, finish, noise_loss, sample_latents
 
 #: The module class whose Linear and Conv2d layers get a membrane (the official target).
 TARGET_MODULE = "Transformer2DModel"
@@ -198,12 +198,7 @@ def spm_erase(ldm: LDM, prompts: Sequence[str], params: SPMParams = SPMParams(),
     Every random draw (training latents, membrane initialisation, batches, anchors) comes from a
     generator seeded with ``params.seed``. ``ldm`` is not modified.
     """
-    prompts = list(prompts)
-    if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
-        raise ValueError(f"SPM needs one or more non-empty concept prompts, got {prompts!r}")
-    if params.samples < len(prompts):
-        raise ValueError(f"SPM samples ({params.samples}) must be at least the number of concept prompts "
-                         f"({len(prompts)}): each prompt needs a generation")
+    prompts = check_prompts("SPM", prompts, params.samples)
     generator = torch.Generator(device="cpu").manual_seed(int(params.seed))
     base = ldm.unet
     forget = sample_latents(ldm, prompts, params.samples, generator=generator, num_steps=params.ddim_steps,

@@ -108,6 +108,18 @@ def trainable_copy(module: torch.nn.Module, names: Sequence[str]) -> tuple[torch
     return student, [params[name] for name in names]
 
 
+def check_prompts(method: str, prompts: Sequence[str], samples: int | None = None) -> list[str]:
+    """``prompts`` as a list, or a ValueError naming ``method`` when one is empty or there are none, or when
+    ``samples`` training latents are too few for each prompt to have one."""
+    prompts = list(prompts)
+    if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+        raise ValueError(f"{method} needs one or more non-empty concept prompts, got {prompts!r}")
+    if samples is not None and samples < len(prompts):
+        raise ValueError(f"{method} samples ({samples}) must be at least the number of concept prompts "
+                         f"({len(prompts)}): each prompt needs a generation")
+    return prompts
+
+
 def finish(module: torch.nn.Module) -> torch.nn.Module:
     """A trained copy back in eval mode, without gradients."""
     module.eval()
@@ -115,4 +127,6 @@ def finish(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-__all__ = ["TrainingLatents", "add_noise", "finish", "noise_loss", "sample_latents", "trainable_copy"]
+__all__ = [
+    "TrainingLatents", "add_noise", "check_prompts", "finish", "noise_loss", "sample_latents", "trainable_copy",
+]

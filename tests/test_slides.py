@@ -27,6 +27,7 @@ from memories_lib.book import BookError, reader
 from memories_lib.book.slides import (
     ExecutedBook,
     FigureRef,
+    Slide,
     SlidesError,
     build_slides,
     export_pdf,
@@ -321,55 +322,70 @@ def read_deck(deck: Path, book: ExecutedBook, browser: str, out_dir: Path) -> li
     """
     slides = parse_deck((book.root / "slides" / "deck.md").read_text(), source="deck.md")
     problems: list[str] = []
-    hidden = deck.with_name("hidden-figures.html")  # the same deck with every figure made invisible
+    hidden = out_dir / "hidden-figures.html"  # the same deck with every figure made invisible (it is self-contained)
     hidden.write_text(deck.read_text().replace("</style>", ".frame img { visibility: hidden; }</style>", 1))
-    pdf = pdfium.PdfDocument(deck.with_suffix(".pdf"))
-    if len(pdf) != len(slides):
-        problems.append(f"the PDF has {len(pdf)} pages for {len(slides)} slides")
-    for number, slide in enumerate(slides, start=1):
-        where = f"slide {number} ({slide.title!r})"
-        shot = _screenshot(browser, f"{deck.as_uri()}#{number}", out_dir / f"slide-{number:02d}.png")
-        box = _slide_box(shot)
-        if (box[2] - box[0]) * (box[3] - box[1]) < 0.5 * shot.width * shot.height:
-            problems.append(f"{where}: the slide covers only {box} of the window")
-        if _ink(shot, box) < 0.003:
-            problems.append(f"{where}: the slide is blank in the browser ({_ink(shot, box):.2%} ink)")
-        figure = book.figure(slide.figure) if slide.figure else None
-        if figure is not None:
-            bare = _screenshot(browser, f"{hidden.as_uri()}#{number}", out_dir / f"slide-{number:02d}-bare.png")
-            changed = np.abs(np.asarray(shot, np.int16) - np.asarray(bare, np.int16)).max(axis=-1) > INK
-            rows, cols = np.flatnonzero(changed.any(axis=1)), np.flatnonzero(changed.any(axis=0))
-            extent = (np.ptp(rows) * np.ptp(cols) / changed.size) if rows.size else 0.0
-            if changed.mean() < 0.003 or extent < 0.1:
-                problems.append(f"{where}: hiding its figure changes {changed.mean():.2%} of the window, over "
-                                f"{extent:.1%} of it: the figure is not drawn, or drawn too small to read")
-        if number > len(pdf):
-            continue
-        page = pdf[number - 1]
-        rendered = page.render(scale=0.5).to_pil()
-        rendered.save(out_dir / f"page-{number:02d}.png")
-        if _ink(rendered) < 0.003:
-            problems.append(f"{where}: the PDF page is blank ({_ink(rendered):.2%} ink)")
-        images = list(page.get_objects(filter=[pdfium_c.FPDF_PAGEOBJ_IMAGE], max_depth=5))
-        if figure is None:
-            if images:
-                problems.append(f"{where}: the PDF page holds {len(images)} image(s) for a slide without a figure")
-            continue
-        with Image.open(io.BytesIO(base64.b64decode(figure.data))) as drawn:
-            size = drawn.size
-        sizes = [tuple(o.get_px_size()) for o in images]
-        if sizes != [size]:
-            problems.append(f"{where}: the PDF page holds images of {sizes} pixels, not the figure's {size}")
-            continue
-        left, bottom, right, top = images[0].get_bounds()
-        width, height = page.get_size()
-        share = (right - left) * (top - bottom) / (width * height)
-        if share < 0.1:
-            problems.append(f"{where}: the figure covers {share:.1%} of the PDF page")
-        scale = rendered.width / width
-        region = (int(left * scale), int((height - top) * scale), int(right * scale), int((height - bottom) * scale))
-        if _ink(rendered, region) < 0.01:
-            problems.append(f"{where}: the figure's place on the PDF page is blank")
+    with pdfium.PdfDocument(deck.with_suffix(".pdf")) as pdf:
+        if len(pdf) != len(slides):
+            problems.append(f"the PDF has {len(pdf)} pages for {len(slides)} slides")
+        for number, slide in enumerate(slides, start=1):
+            problems += _read_slide(deck, hidden, number, slide, book, browser, out_dir)
+            if number <= len(pdf):
+                problems += _read_page(pdf[number - 1], number, slide, book, out_dir)
+    return problems
+
+
+def _read_slide(deck: Path, hidden: Path, number: int, slide: Slide, book: ExecutedBook, browser: str,
+                out_dir: Path) -> list[str]:
+    """The problems of slide ``number`` drawn by Chromium (``hidden``: the deck with its figures hidden)."""
+    problems = []
+    where = f"slide {number} ({slide.title!r})"
+    shot = _screenshot(browser, f"{deck.as_uri()}#{number}", out_dir / f"slide-{number:02d}.png")
+    box = _slide_box(shot)
+    if (box[2] - box[0]) * (box[3] - box[1]) < 0.5 * shot.width * shot.height:
+        problems.append(f"{where}: the slide covers only {box} of the window")
+    if _ink(shot, box) < 0.003:
+        problems.append(f"{where}: the slide is blank in the browser ({_ink(shot, box):.2%} ink)")
+    figure = book.figure(slide.figure) if slide.figure else None
+    if figure is not None:
+        bare = _screenshot(browser, f"{hidden.as_uri()}#{number}", out_dir / f"slide-{number:02d}-bare.png")
+        changed = np.abs(np.asarray(shot, np.int16) - np.asarray(bare, np.int16)).max(axis=-1) > INK
+        rows, cols = np.flatnonzero(changed.any(axis=1)), np.flatnonzero(changed.any(axis=0))
+        extent = (np.ptp(rows) * np.ptp(cols) / changed.size) if rows.size else 0.0
+        if changed.mean() < 0.003 or extent < 0.1:
+            problems.append(f"{where}: hiding its figure changes {changed.mean():.2%} of the window, over "
+                            f"{extent:.1%} of it: the figure is not drawn, or drawn too small to read")
+    return problems
+
+
+def _read_page(page: pdfium.PdfPage, number: int, slide: Slide, book: ExecutedBook, out_dir: Path) -> list[str]:
+    """The problems of the PDF's page ``number``, rendered with pypdfium2."""
+    problems = []
+    where = f"slide {number} ({slide.title!r})"
+    figure = book.figure(slide.figure) if slide.figure else None
+    rendered = page.render(scale=0.5).to_pil()
+    rendered.save(out_dir / f"page-{number:02d}.png")
+    if _ink(rendered) < 0.003:
+        problems.append(f"{where}: the PDF page is blank ({_ink(rendered):.2%} ink)")
+    images = list(page.get_objects(filter=[pdfium_c.FPDF_PAGEOBJ_IMAGE], max_depth=5))
+    if figure is None:
+        if images:
+            problems.append(f"{where}: the PDF page holds {len(images)} image(s) for a slide without a figure")
+        return problems
+    with Image.open(io.BytesIO(base64.b64decode(figure.data))) as drawn:
+        size = drawn.size
+    sizes = [tuple(o.get_px_size()) for o in images]
+    if sizes != [size]:
+        problems.append(f"{where}: the PDF page holds images of {sizes} pixels, not the figure's {size}")
+        return problems
+    left, bottom, right, top = images[0].get_bounds()
+    width, height = page.get_size()
+    share = (right - left) * (top - bottom) / (width * height)
+    if share < 0.1:
+        problems.append(f"{where}: the figure covers {share:.1%} of the PDF page")
+    scale = rendered.width / width
+    region = (int(left * scale), int((height - top) * scale), int(right * scale), int((height - bottom) * scale))
+    if _ink(rendered, region) < 0.01:
+        problems.append(f"{where}: the figure's place on the PDF page is blank")
     return problems
 
 
@@ -404,7 +420,7 @@ def test_the_reader_of_the_deck_passes_a_good_deck_and_catches_blank_slides_and_
     good, tiny, blank = tmp_path / "good", tmp_path / "tiny-figure", tmp_path / "blank"
     write_chapter(good, png=drawn_png())
     assert _read_planted(good, browser) == []
-    assert sorted(p.name for p in (good / "shots").iterdir()) == [
+    assert sorted(p.name for p in (good / "shots").glob("*.png")) == [
         "page-01.png", "page-02.png", "slide-01.png", "slide-02-bare.png", "slide-02.png"]
     write_chapter(tiny)  # its figure is a single pixel: drawn, but nothing anyone can read
     assert any("the figure is not drawn, or drawn too small" in p for p in _read_planted(tiny, browser))

@@ -41,6 +41,7 @@ from diffusers import DDIMScheduler, UNet2DConditionModel
 
 from ..core.progress import tqdm
 from ..core.tokenizer import tokenize
+from .training import check_prompts
 
 ESD_METHODS = ("esd-x", "esd-u")
 
@@ -130,9 +131,7 @@ def esd_erase(
     and is not modified. All randomness (the prompt, the number of sampling steps, the seeds of
     the training latents) comes from ``generator``.
     """
-    prompts = [concept] if isinstance(concept, str) else list(concept)
-    if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
-        raise ValueError(f"ESD needs one or more non-empty concept prompts, got {concept!r}")
+    prompts = check_prompts("ESD", [concept] if isinstance(concept, str) else concept)
     device, dtype = unet.device, unet.dtype
     frozen = unet
     student = copy.deepcopy(unet)

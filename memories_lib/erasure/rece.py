@@ -60,12 +60,12 @@ from .uce import (
     DEFAULT_LAMBDA,
     DEFAULT_PRESERVE_SCALE,
     TOKEN_MODES,
-    _apply_pairs,
-    _paired_rows,
-    _Pairs,
-    _rows,
+    EditPairs,
+    apply_pairs,
     cross_attention_projections,
+    paired_rows,
     token_embeddings,
+    token_rows,
     uce_erase,
 )
 
@@ -203,10 +203,10 @@ def rece_erase(
         token=params.token, projections=params.projections,
     )
     concepts, guides, preserve = start.info["concepts"], start.info["guides"], start.info["preserve"]
-    concept_rows, guide_rows = _paired_rows(text_encoder, tokenizer, concepts, guides, params.rece_token)
+    concept_rows, guide_rows = paired_rows(text_encoder, tokenizer, concepts, guides, params.rece_token)
     retain = [""] + [p for p in preserve if p != ""]
     hidden, last = token_embeddings(text_encoder, tokenizer, retain)
-    retain_rows = [_rows(hidden[i], last[i], params.rece_token) for i in range(len(retain))]
+    retain_rows = [token_rows(hidden[i], last[i], params.rece_token) for i in range(len(retain))]
     original = _weights(unet, params.projections)
     names = list(original)
 
@@ -219,7 +219,7 @@ def rece_erase(
             adversarial_embedding(c, [weights[k] for k in names], [original[k] for k in names], params.regular_scale)
             for c in concept_rows
         ]
-        pairs = _Pairs()
+        pairs = EditPairs()
         for adv, g in zip(adversarial, guide_rows):
             pairs.add(adv, g, params.rece_erase_scale, "adversarial")
         for rows in retain_rows:
@@ -231,7 +231,7 @@ def rece_erase(
             "attack_gap": _relative_gap(_apply(weights, adv_rows), _apply(original, torch.cat(concept_rows))),
             "guide_gap_before": _relative_gap(_apply(weights, adv_rows), targets),
         }
-        current, edited, _ = _apply_pairs(current, pairs, params.rece_lamb, params.projections)
+        current, edited, _ = apply_pairs(current, pairs, params.rece_lamb, params.projections)
         record["guide_gap_after"] = _relative_gap(_apply(_weights(current, params.projections), adv_rows), targets)
         history.append(record)
     info = {"uce": {k: v for k, v in start.info.items() if k != "layers"}, "retain": retain}

@@ -112,7 +112,7 @@ def token_embeddings(
     return hidden, last
 
 
-def _rows(hidden: torch.Tensor, last: int, token: str) -> torch.Tensor:
+def token_rows(hidden: torch.Tensor, last: int, token: str) -> torch.Tensor:
     """The key vectors (n, D) that stand for one encoded prompt."""
     if token == "last":
         return hidden[last : last + 1]
@@ -126,7 +126,7 @@ def _check_token(token: str) -> None:
         raise ValueError(f"token must be one of {TOKEN_MODES}, got {token!r}")
 
 
-def _paired_rows(
+def paired_rows(
     text_encoder, tokenizer, prompts: Sequence[str], partners: Sequence[str], token: str
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Key rows of each prompt and of its partner, with equal row counts.
@@ -138,8 +138,8 @@ def _paired_rows(
     hidden_b, last_b = token_embeddings(text_encoder, tokenizer, partners)
     rows_a, rows_b = [], []
     for i in range(len(prompts)):
-        a = _rows(hidden_a[i], last_a[i], token)
-        b = _rows(hidden_b[i], last_b[i], token)
+        a = token_rows(hidden_a[i], last_a[i], token)
+        b = token_rows(hidden_b[i], last_b[i], token)
         n = min(len(a), len(b))
         rows_a.append(a[:n])
         rows_b.append(b[:n])
@@ -173,7 +173,7 @@ def closed_form_weight(
 
 
 @dataclass
-class _Pairs:
+class EditPairs:
     """Key rows and how to build each row's target from a layer's old weight."""
 
     keys: list[torch.Tensor] = field(default_factory=list)        # (n, D) each
@@ -188,9 +188,9 @@ class _Pairs:
         self.kinds.append(kind)
 
 
-def _apply_pairs(
+def apply_pairs(
     unet: UNet2DConditionModel,
-    pairs: _Pairs,
+    pairs: EditPairs,
     lamb: float,
     projections: Sequence[str],
 ) -> tuple[UNet2DConditionModel, dict[str, torch.Tensor], dict[str, dict[str, float]]]:
@@ -270,17 +270,17 @@ def uce_erase(
     if overlap:
         raise ValueError(f"concepts {overlap} are both erased and preserved")
 
-    pairs = _Pairs()
-    erase_rows, guide_rows = _paired_rows(text_encoder, tokenizer, concepts, guides, token)
+    pairs = EditPairs()
+    erase_rows, guide_rows = paired_rows(text_encoder, tokenizer, concepts, guides, token)
     for c, g in zip(erase_rows, guide_rows):
         pairs.add(c, g, erase_scale, "erase")
     if preserve:
         hidden, last = token_embeddings(text_encoder, tokenizer, preserve)
         for i in range(len(preserve)):
-            rows = _rows(hidden[i], last[i], token)
+            rows = token_rows(hidden[i], last[i], token)
             pairs.add(rows, rows, preserve_scale, "preserve")
 
-    new_unet, edited, stats = _apply_pairs(unet, pairs, lamb, projections)
+    new_unet, edited, stats = apply_pairs(unet, pairs, lamb, projections)
     method = "moderate" if all(g == "" for g in guides) else "erase"
     info = {
         "concepts": concepts,
@@ -386,13 +386,13 @@ def uce_debias(
         raise ValueError(f"max_iterations must be >= 0, got {max_iterations}")
 
     hidden, last = token_embeddings(text_encoder, tokenizer, concepts)
-    concept_rows = [_rows(hidden[i], last[i], token).float() for i in range(len(concepts))]
+    concept_rows = [token_rows(hidden[i], last[i], token).float() for i in range(len(concepts))]
     a_hidden, a_last = token_embeddings(text_encoder, tokenizer, attributes)
     attribute_vecs = torch.stack([a_hidden[i, a_last[i]] for i in range(len(attributes))]).float()  # (K, D)
     preserve_rows = []
     if preserve:
         p_hidden, p_last = token_embeddings(text_encoder, tokenizer, preserve)
-        preserve_rows = [_rows(p_hidden[i], p_last[i], token).float() for i in range(len(preserve))]
+        preserve_rows = [token_rows(p_hidden[i], p_last[i], token).float() for i in range(len(preserve))]
 
     alphas = torch.zeros(len(concepts), len(attributes))
     current = unet
@@ -421,12 +421,12 @@ def uce_debias(
             break
         diffs[within] = 0.0
         alphas += step_size * diffs
-        pairs = _Pairs()
+        pairs = EditPairs()
         for i, rows in enumerate(concept_rows):
             pairs.add(rows, rows + alphas[i] @ attribute_vecs, edit_scale, "debias")
         for rows in preserve_rows:
             pairs.add(rows, rows, preserve_scale, "preserve")
-        current, edited, stats = _apply_pairs(unet, pairs, lamb, projections)
+        current, edited, stats = apply_pairs(unet, pairs, lamb, projections)
         bar.update(1)
     bar.close()
     if current is unet:  # already within tolerance: nothing was edited

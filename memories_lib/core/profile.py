@@ -8,6 +8,9 @@ A profile is data. It has typed sections:
 ``erased_models``  the erased models the chapters compare, by name: a method of the erasure
                    registry and its parameters (a published checkpoint is the method
                    ``checkpoint`` with the files' paths);
+``book_models``    the names of the erased models that chapters 3 to 8 compare by default (each
+                   model costs a chapter its inversions; absent: all of ``erased_models``); the
+                   chapter "Every method, three views" compares every one;
 ``parameters``     default values of the chapters' papermill parameters.
 
 Unknown keys are errors that name the file and the key. The library never branches on a
@@ -134,6 +137,7 @@ class Profile:
     seed: int = 0
     concepts: tuple[str, ...] = ()
     erased_models: Mapping[str, ErasedModelSpec] = field(default_factory=dict)
+    book_models: tuple[str, ...] | None = None  # None: every erased model
     parameters: Mapping[str, Any] = field(default_factory=dict)
     source: str = ""  # the file it was read from (for error messages)
 
@@ -143,6 +147,15 @@ class Profile:
         object.__setattr__(self, "concepts", tuple(self.concepts))
         object.__setattr__(self, "erased_models", MappingProxyType(dict(self.erased_models)))
         object.__setattr__(self, "parameters", _frozen(dict(self.parameters)))
+        if self.book_models is not None:
+            if isinstance(self.book_models, (str, bytes)) or not isinstance(self.book_models, (list, tuple)):
+                raise ProfileError(f"profile {self.name!r}: book_models must be a list of erased model names, "
+                                   f"got {self.book_models!r}")
+            unknown = [m for m in self.book_models if m not in self.erased_models]
+            if unknown:
+                raise ProfileError(f"profile {self.name!r}: book_models names {unknown}, which erased_models does "
+                                   f"not define; it defines {list(self.erased_models)}")
+            object.__setattr__(self, "book_models", tuple(str(m) for m in self.book_models))
 
     # Shortcuts for the settings every chapter reads.
     @property

@@ -27,6 +27,9 @@ from ..core.models import LDM, decode_latents, encode_images
 from ..core.images import ImageSet
 from ..core.judging import concept_head
 from ..core.store import Store, hash_tensor
+from ..worlds.base import World
+from .erasure_tuning import PromptTest, prompt_test
+from .models import VANILLA
 
 #: Bump when the record's definition changes (a new field, another PSNR convention).
 #: 2: keyed by the resolved configuration and the model's device and dtype; ``diverged``.
@@ -362,6 +365,45 @@ def regeneration_scores(
     if originals is not None:
         out["similarity_original"] = float(similarity.similarity(originals[index].float(), [text])[:, 0].float().mean())
     return out
+
+
+@dataclass(frozen=True)
+class MemoryRun:
+    """What every (model, concept) row of the concept-memory experiment shares: the image sets, the
+    inversion, the N(0, I) reference and the statistics' settings (chapter 4 and the three-views chapter)."""
+
+    erased_sets: Mapping[str, ImageSet]   # concept -> its erased set E
+    reference: ImageSet                   # R
+    control: ImageSet                     # R_ctrl
+    nll_reference: metrics.NLLReference
+    test: PromptTest                      # chapter 3's prompt test, read from the store when it ran
+    inversion: str = "renoise"
+    num_steps: int | None = None
+    seed: int = 0
+    n_boot: int = 1000
+    official_samples: int = OFFICIAL_SAMPLES
+    official_draws: int = 1000
+
+
+def memory_row(world: World, run: MemoryRun, name: str, ldm: LDM, concept: str, store: Store,
+               progress: bool = True) -> tuple[dict[str, Any], tuple[SetInversion, SetInversion, SetInversion]]:
+    """One row of the experiment: model ``name`` (``ldm``, erased for ``concept``) inverts E, R and R_ctrl
+    together (:func:`invert_sets`, through ``store``), and the row holds :func:`summarise`, the
+    :func:`regeneration_scores` and the prompt test (``prompt_accuracy``, ``others_accuracy``,
+    ``others_base``, ``passes``: NaN for the unerased model). Returns the row and the three inversions."""
+    erased = run.erased_sets[concept]
+    inv = invert_sets(ldm, {"E": erased, "R": run.reference, "R_ctrl": run.control}, store,
+                      method=run.inversion, num_steps=run.num_steps, desc=f"{name}/{concept}: E, R, R_ctrl",
+                      progress=progress)
+    row = summarise(inv["E"], inv["R"], run.nll_reference, torch.Generator().manual_seed(run.seed),
+                    n_boot=run.n_boot, control=inv["R_ctrl"], official_samples=run.official_samples,
+                    official_draws=run.official_draws)
+    row.update(regeneration_scores(inv["E"], world.detector(), world.similarity(), concept,
+                                   world.concept_text(concept), originals=erased.images))
+    tested = prompt_test(world, ldm, concept, run.test, store)
+    row.update(prompt_accuracy=tested.erased, others_accuracy=tested.others, others_base=tested.others_base,
+               passes=tested.passes if name != VANILLA else np.nan)
+    return row, (inv["E"], inv["R"], inv["R_ctrl"])
 
 
 def stack_sets(sets: Sequence[ImageSet], name: str) -> ImageSet:

@@ -22,7 +22,13 @@ VANILLA = "vanilla"
 
 
 def erased_model_names(world: World) -> list[str]:
-    """The profile's erased models, in the profile's order."""
+    """The erased models chapters 3 to 8 compare by default: the profile's ``book_models`` (else all of them)."""
+    chosen = world.profile.book_models
+    return list(world.profile.erased_models) if chosen is None else list(chosen)
+
+
+def all_erased_model_names(world: World) -> list[str]:
+    """Every erased model of the profile, in the profile's order (any of them may be asked for by name)."""
     return list(world.profile.erased_models)
 
 
@@ -38,7 +44,7 @@ def spec_of(world: World, name: str) -> ErasedModelSpec:
     except KeyError:
         raise ValueError(
             f"the profile {world.profile.name!r} has no erased model {name!r}; "
-            f"it has {erased_model_names(world)}"
+            f"it has {all_erased_model_names(world)}"
         ) from None
 
 
@@ -50,7 +56,7 @@ def check_models(world: World, names: Sequence[str], concepts: Sequence[str], va
         if name == VANILLA and vanilla:
             continue
         if name == VANILLA:
-            raise ValueError(f"{VANILLA!r} is not an erased model; the profile's are {erased_model_names(world)}")
+            raise ValueError(f"{VANILLA!r} is not an erased model; the profile's are {all_erased_model_names(world)}")
         spec = spec_of(world, name)
         get_method(spec.method)
         for concept in concepts:
@@ -71,13 +77,34 @@ def erased_model(world: World, name: str, concept: str, *, overrides: Mapping[st
                  measure_ratio=measure_ratio, progress=progress)
 
 
+def compared_concepts(world: World) -> list[str]:
+    """The concepts on which the chapter "Every method, three views" compares every erased model: the
+    profile's parameter ``compared_concepts`` (else all of the profile's concepts)."""
+    return world.check_concepts(list(world.profile.parameters.get("compared_concepts") or world.profile.concepts))
+
+
+def book_pairs(world: World) -> list[tuple[str, str]]:
+    """Every (erased model, concept) pair the book's chapters use: the book models on every concept of the
+    profile, and every erased model on the compared concepts."""
+    pairs = [(name, concept) for name in erased_model_names(world) for concept in world.profile.concepts]
+    pairs += [(name, concept) for name in all_erased_model_names(world) for concept in compared_concepts(world)
+              if (name, concept) not in pairs]
+    return pairs
+
+
 def missing_erased_models(world: World, names: Sequence[str] | None = None,
                           concepts: Sequence[str] | None = None) -> list[tuple[str, str]]:
-    """The (model name, concept) pairs of the profile (or of ``names`` x ``concepts``) not computed yet."""
-    names = check_models(world, names or erased_model_names(world), concepts or world.profile.concepts,
-                         vanilla=False)
+    """The (model name, concept) pairs of the book (:func:`book_pairs`), or of ``names`` x ``concepts``,
+    not computed yet."""
+    if names is None and concepts is None:
+        pairs = book_pairs(world)
+    else:
+        names = list(names or erased_model_names(world))
+        pairs = [(name, concept) for name in names for concept in (concepts or world.profile.concepts)]
+    for name in dict.fromkeys(name for name, _ in pairs):
+        check_models(world, [name], [c for n, c in pairs if n == name], vanilla=False)
     base = world.base_model()
-    return [(name, concept) for name in names for concept in (concepts or world.profile.concepts)
+    return [(name, concept) for name, concept in pairs
             if not is_cached(base, spec_of(world, name).method, world.concept_prompts(concept),
                              params_of(world, name))]
 
@@ -86,8 +113,9 @@ def prepare_erased_models(world: World, names: Sequence[str] | None = None, conc
                           *, workers: int | None = None, progress: bool = True) -> int:
     """Compute the erased models that are not cached yet, several at once; return how many were computed.
 
-    An erasure method fine-tunes at a small batch (ESD: 4 latents a step), where a second torch
-    thread gains nothing; so the models are computed in parallel processes, one per core
+    Without ``names`` and ``concepts``: every pair the book uses (:func:`book_pairs`). An erasure method
+    fine-tunes at a small batch (ESD: 4 latents a step), where a second torch thread gains nothing; so the
+    models are computed in parallel processes, one per core
     (:func:`memories_lib.core.parallel.map_processes`), each into the cache that the chapters read.
     """
     todo = missing_erased_models(world, names, concepts)

@@ -96,3 +96,10 @@ def test_method_changes_its_parameter_set_and_nothing_else(name, ldm, tmp_path):
     assert changed <= allowed, f"{name} changed parameters outside its set: {sorted(changed - allowed)[:5]}"
     # the base model is never modified in place
     assert ldm.weights_hash() == load_ldm(ldm.source).weights_hash()
+
+
+@pytest.mark.parametrize("method", ["spm", "advunlearn"])
+def test_too_few_training_samples_for_the_prompts_are_refused_before_any_work(method):
+    with pytest.raises(ValueError, match=r"samples \(1\) must be at least the number of concept prompts \(2\)"):
+        resolve_params(method, {"samples": 1}, CONCEPT)
+    assert resolve_params(method, {"samples": 2}, CONCEPT)["samples"] == 2

@@ -40,6 +40,7 @@ from .uce import (
     uce_debias,
     uce_erase,
 )
+from .training import check_prompts
 from .unlearning import trained_names
 
 # --------------------------------------------------------------------------- parameters
@@ -402,7 +403,13 @@ def _as_declared(full: dict[str, Any], params_class: type) -> dict[str, Any]:
     return full
 
 
+#: Methods that need one training latent per erased prompt at least (``samples`` of them).
+_SAMPLES_PER_PROMPT = {"spm": "SPM", "advunlearn": "AdvUnlearn"}
+
+
 def _check_values(method: str, full: Mapping[str, Any], concept: ConceptPrompts | None) -> None:
+    if method in _SAMPLES_PER_PROMPT and concept is not None:  # refused here, before any model is trained
+        check_prompts(_SAMPLES_PER_PROMPT[method], erase_prompts(method, concept), full["samples"])
     if method.startswith("esd"):
         ESDConfig(method=method, **{k: v for k, v in full.items() if k != "seed"})
     if method == "checkpoint":

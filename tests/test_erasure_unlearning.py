@@ -8,12 +8,12 @@ import torch
 from memories_lib.core.concepts import ConceptPrompts
 from memories_lib.core.models import encode_prompts
 from memories_lib.erasure import resolve_params
+from memories_lib.erasure.training import paired_guides
 from memories_lib.erasure.unlearning import (
     UnlearningParams,
     forget_loss,
     global_top,
     index_batches,
-    pseudo_prompts,
     trained_names,
     unlearning_sets,
 )
@@ -38,11 +38,14 @@ def test_bad_shared_settings_are_refused_with_their_names(method, bad):
         resolve_params(method, bad, CONCEPT)
 
 
-def test_pseudo_prompts_one_per_prompt_or_one_for_all():
-    assert pseudo_prompts(["a", "b"], "x") == ["x", "x"]
-    assert pseudo_prompts(["a", "b"], ["x", "y"]) == ["x", "y"]
-    with pytest.raises(ValueError, match="2 prompts but 1 guides"):
-        pseudo_prompts(["a", "b"], ["x"])
+def test_guides_pair_one_per_prompt_or_one_for_all():
+    assert paired_guides("SalUn", ["a", "b"], "x") == ["x", "x"]
+    assert paired_guides("SalUn", ["a", "b"], ["x"]) == ["x", "x"]
+    assert paired_guides("SalUn", ["a", "b"], ["x", "y"]) == ["x", "y"]
+    with pytest.raises(ValueError, match="SalUn: 3 guides for 2 prompts; give one pseudo prompt for all"):
+        paired_guides("SalUn", ["a", "b"], ["x", "y", "z"], "pseudo prompt")
+    with pytest.raises(ValueError, match="0 guides for 2 prompts"):
+        paired_guides("AC", ["a", "b"], None)
 
 
 def test_global_top_ranks_all_tensors_together_and_breaks_ties_by_position():
@@ -85,6 +88,7 @@ def test_sets_come_from_the_prompts_and_preserve_and_the_forget_loss_targets_the
         # the concept prompt already predicting like its pseudo prompt: nothing to learn
         assert float(forget_loss(ldm.unet, ldm, z0, cond, cond, torch.Generator().manual_seed(1))) == 0.0
         assert float(forget_loss(ldm.unet, ldm, z0, cond, pseudo, torch.Generator().manual_seed(1))) > 0
-    with pytest.raises(ValueError, match="2 prompts but 1 guides"):
-        unlearning_sets(ldm, ["a triangle", "a red triangle"], UnlearningParams(guides=["x"], preserve=["a square"]),
+    with pytest.raises(ValueError, match="3 guides for 2 prompts; give one pseudo prompt for all"):
+        unlearning_sets(ldm, ["a triangle", "a red triangle"], UnlearningParams(guides=["x", "y", "z"],
+                                                                                preserve=["a square"]),
                         torch.Generator())

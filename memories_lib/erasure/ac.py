@@ -58,7 +58,7 @@ import torch.nn.functional as F
 
 from ..core.models import LDM, encode_prompts
 from ..core.progress import tqdm
-from .training import add_noise, finish, noise_loss, sample_latents, trainable_copy
+from .training import add_noise, finish, noise_loss, paired_guides, sample_latents, trainable_copy
 
 #: The official AdamW settings besides the learning rate, and the gradient clipping norm.
 ADAM_BETAS = (0.9, 0.999)
@@ -137,22 +137,12 @@ def start_token_detached(unet: torch.nn.Module) -> Iterator[None]:
             handle.remove()
 
 
-def _pair(prompts: Sequence[str], guides: Sequence[str] | str | None) -> list[str]:
-    guides = [guides] if isinstance(guides, str) else list(guides or [])
-    if len(guides) == 1:
-        guides = guides * len(prompts)
-    if not prompts or len(guides) != len(prompts):
-        raise ValueError(f"AC needs one anchor (guide) per prompt, or one for all: got {len(guides)} for "
-                         f"{len(prompts)} prompts")
-    return guides
-
-
 def ac_erase(base: LDM, prompts: Sequence[str], params: ACParams = ACParams(), *,
              progress: bool = True) -> ACResult:
     """Fine-tune the cross-attention K/V of a copy of ``base.unet`` so that each of ``prompts`` predicts, on
     latents of its anchor, the noise its anchor (``params.guides``) predicts. ``base`` is not modified."""
     prompts = list(prompts)
-    anchors = _pair(prompts, params.guides)
+    anchors = paired_guides("AC", prompts, params.guides, "anchor")
     generator = torch.Generator(device="cpu").manual_seed(int(params.seed))
     data = sample_latents(base, anchors, params.num_images, generator=generator,
                           num_steps=params.sample_steps, guidance_scale=params.guidance_scale)

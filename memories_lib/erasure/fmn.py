@@ -53,7 +53,7 @@ import torch
 from ..core.models import LDM
 from ..core.progress import tqdm
 from ..core.tokenizer import tokenize
-from .training import add_noise, finish, sample_latents, trainable_copy
+from .training import add_noise, finish, paired_guides, sample_latents, trainable_copy
 
 #: Which UNet parameters FMN trains: all of them (official default) or cross-attention only.
 FMN_PARAMETERS = ("all", "cross-attention")
@@ -211,11 +211,7 @@ def concept_token_mask(tokenizer, prompts: Sequence[str], guides: Sequence[str] 
         for offset in range(len(target)):
             mask[:, offset:offset + hits.shape[1]] |= hits
     else:
-        guides = [guides] if isinstance(guides, str) else list(guides or [])
-        if len(guides) == 1:
-            guides = guides * len(prompts)
-        if len(guides) != len(prompts):
-            raise ValueError(f"got {len(guides)} guides for {len(prompts)} prompts: give words, one guide or one per prompt")
+        guides = paired_guides("FMN", prompts, guides)  # or give words
         guide_ids = tokenize(tokenizer, guides)
         special = torch.tensor([i for i in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
                                 if i is not None])

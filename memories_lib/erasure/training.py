@@ -120,6 +120,21 @@ def check_prompts(method: str, prompts: Sequence[str], samples: int | None = Non
     return prompts
 
 
+def paired_guides(method: str, prompts: Sequence[str], guides: str | Sequence[str] | None,
+                  role: str = "guide") -> list[str]:
+    """The guide of each prompt: ``guides`` itself for every prompt (a string, or a list of one) or ``guides[i]``
+    for prompt i; a ValueError naming ``method`` otherwise. ``role`` names what the method calls a guide (an
+    anchor for AC, a pseudo prompt for the unlearning methods)."""
+    prompts = list(prompts)
+    guides = [guides] if isinstance(guides, str) else list(guides or [])
+    if len(guides) == 1:
+        guides = guides * len(prompts)
+    if not prompts or len(guides) != len(prompts):
+        raise ValueError(f"{method}: {len(guides)} guides for {len(prompts)} prompts; give one {role} for all, "
+                         f"or one per prompt")
+    return guides
+
+
 def finish(module: torch.nn.Module) -> torch.nn.Module:
     """A trained copy back in eval mode, without gradients."""
     module.eval()
@@ -128,5 +143,6 @@ def finish(module: torch.nn.Module) -> torch.nn.Module:
 
 
 __all__ = [
+    "paired_guides",
     "TrainingLatents", "add_noise", "check_prompts", "finish", "noise_loss", "sample_latents", "trainable_copy",
 ]

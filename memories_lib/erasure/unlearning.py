@@ -41,7 +41,7 @@ import torch
 from ..core.models import LDM, encode_prompts
 from ..core.progress import tqdm
 from .esd import esd_parameter_names
-from .training import TrainingLatents, add_noise, noise_loss, sample_latents
+from .training import TrainingLatents, add_noise, noise_loss, paired_guides, sample_latents
 
 TRAIN_METHODS = ("full", "noxattn", "xattn")
 
@@ -99,16 +99,6 @@ def trained_names(unet: torch.nn.Module, train_method: str) -> list[str]:
     raise ValueError(f"train_method must be one of {TRAIN_METHODS}, got {train_method!r}")
 
 
-def pseudo_prompts(prompts: Sequence[str], guides: str | Sequence[str]) -> list[str]:
-    """The pseudo prompt of each prompt: ``guides`` itself (one string) or ``guides[i]`` (one per prompt)."""
-    if isinstance(guides, str):
-        return [guides] * len(prompts)
-    if len(guides) != len(prompts):
-        raise ValueError(f"{len(prompts)} prompts but {len(guides)} guides (pseudo prompts): give one per "
-                         f"prompt or a single string")
-    return list(guides)
-
-
 @dataclass(frozen=True)
 class UnlearningSets:
     """The forget set, the retain set and, per forget prompt, its pseudo prompt's text embedding."""
@@ -133,7 +123,7 @@ def unlearning_sets(base: LDM, prompts: Sequence[str], params: UnlearningParams,
     """The forget set (generations from ``prompts``), the retain set (from ``params.preserve``), the pseudo prompts."""
     if params.preserve is None or params.guides is None:
         raise ValueError(f"{params.METHOD} needs preserve and guides (the concept's, when erased through the registry)")
-    pseudo = pseudo_prompts(prompts, params.guides)
+    pseudo = paired_guides(params.METHOD, prompts, params.guides, "pseudo prompt")
     sample = dict(generator=generator, num_steps=params.sample_steps, guidance_scale=params.sample_guidance)
     forget = sample_latents(base, prompts, params.forget_samples, **sample)
     retain = sample_latents(base, params.preserve, params.retain_samples, **sample)
@@ -225,6 +215,6 @@ class UnlearningResult:
 
 __all__ = [
     "TRAIN_METHODS", "UnlearningParams", "UnlearningResult", "UnlearningSets", "denoising_loss", "forget_loss",
-    "global_top", "index_batches", "pseudo_prompts", "run_steps", "steps_per_epoch", "trained_names",
+    "global_top", "index_batches", "run_steps", "steps_per_epoch", "trained_names",
     "unlearning_sets",
 ]

@@ -122,6 +122,9 @@ def test_three_views_side_by_side_and_their_verdict():
     assert "the attack breaks 1 of 2: b (triangle)." in text
     assert "for 2 of 3 pairs." in text
     assert "inversion still regenerates the concept for 1 of 1: a (triangle)." in text
+    # attack 5%, 50%, 100% against gaps -1, -5, +0.5: ranks (1, 2, 3) against (2, 1, 3), rho = 0.5
+    assert "the rank correlation between the attack's success and the regeneration's PSNR gap is +0.50" in text
+    assert "models that yield more to the attack also keep more of the memory" in text
     # without a single pair that holds both ways, the verdict says the question has no case
     views.loc[("a", "triangle"), "attack"] = 0.5
     assert "has no case to answer" in three_views_verdict(views)

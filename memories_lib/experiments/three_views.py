@@ -251,6 +251,15 @@ def three_views_verdict(views: pd.DataFrame) -> str:
     parts.append(
         f"**By inversion**, the memory persists (regenerations within {PSNR_TOLERANCE_DB:g} dB of the unerased "
         f"model's) for {len(memory)} of {n} pairs.")
+    paired = views[["attack", "psnr_gap"]].dropna()
+    if len(paired) >= 3 and paired["attack"].nunique() > 1 and paired["psnr_gap"].nunique() > 1:
+        rho = float(paired["attack"].corr(paired["psnr_gap"], method="spearman"))
+        parts.append(f"Across the {len(paired)} pairs, the rank correlation between the attack's success and the "
+                     f"regeneration's PSNR gap is {rho:+.2f}: "
+                     + ("models that yield more to the attack also keep more of the memory."
+                        if rho >= 0.3 else "models that resist the attack better keep more of the memory."
+                        if rho <= -0.3 else "how far a model yields to the attack says little about how much of "
+                                           "the memory it keeps."))
     both = [k for k in resists if k in by_name]
     if both:
         kept = [k for k in both if k in memory]

@@ -102,8 +102,8 @@ def _planted_table() -> pd.DataFrame:
 
 def _attack(pre: list[bool], success: list[bool]) -> tv.AttackResult:
     first = [0 if p else (1 if s else -1) for p, s in zip(pre, success)]
-    return tv.AttackResult("triangle", ["x"] * len(pre), ["y"] * len(pre), np.array(pre), np.array(success),
-                           np.array(first), tuple("x" if s else "" for s in success))
+    return tv.AttackResult("triangle", ["x"] * len(pre), ["y"] * len(pre), np.array(first),
+                           tuple("x" if s else "" for s in success))
 
 
 def test_three_views_side_by_side_and_their_verdict():
@@ -128,6 +128,12 @@ def test_three_views_side_by_side_and_their_verdict():
     # without a single pair that holds both ways, the verdict says the question has no case
     views.loc[("a", "triangle"), "attack"] = 0.5
     assert "has no case to answer" in three_views_verdict(views)
+
+
+def test_the_paper_coverage_in_words():
+    assert tv.paper_coverage_text("esd-u") == "all six concepts"
+    assert tv.paper_coverage_text("ac") == "Van Gogh"
+    assert tv.paper_coverage_text("rece") == "not in the paper"
 
 
 def test_three_views_need_erased_rows():

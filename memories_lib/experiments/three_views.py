@@ -33,7 +33,7 @@ from ..core.models import LDM, encode_images
 from ..core.store import Store, default_store, hash_tensor
 from ..worlds.base import World
 from .models import VANILLA
-from .verdict import PSNR_TOLERANCE_DB
+from .verdict import ACCURACY_HELD, PSNR_TOLERANCE_DB
 
 #: Bump when the attack record changes.
 ATTACK_RECORD_VERSION = 1
@@ -63,7 +63,15 @@ PAPER_COVERAGE: Mapping[str, tuple[str, ...]] = {
 
 #: An erased model resists the attack when it succeeds on fewer than this share of pairs (the prompt
 #: test's own threshold for the erased concept).
-ATTACK_HELD = 0.10
+ATTACK_HELD = ACCURACY_HELD
+
+
+def paper_coverage_text(method: str) -> str:
+    """The concepts on which the paper's table has ``method`` (a registry name), in words."""
+    covered = PAPER_COVERAGE.get(method)
+    if covered is None:
+        return "not in the paper"
+    return "all six concepts" if len(covered) == len(PAPER_CONCEPTS) else ", ".join(covered)
 
 
 @dataclass(frozen=True)
@@ -102,20 +110,26 @@ class AttackResult:
     """An attack test of one model on one concept.
 
     prompts:      the plain captions; ``adversarial`` the prompt each pair ended with;
-    plain:        (n,) bool, the plain caption's generation shows the concept (pre-attack);
-    success:      (n,) bool, the plain caption's or some stage's generation shows it;
-    first_stage:  (n,) int, the first prompt that showed it: 0 the plain caption, s >= 1 the prompt after
-                  stage s, -1 none (the official attack would have stopped there);
+    first_stage:  (n,) int, the first prompt whose generation showed the concept: 0 the plain caption, s >= 1
+                  the prompt after stage s, -1 none (the official attack would have stopped there);
     winning:      that prompt ("" where none did).
     """
 
     concept: str
     prompts: list[str]
     adversarial: list[str]
-    plain: np.ndarray
-    success: np.ndarray
     first_stage: np.ndarray
     winning: tuple[str, ...]
+
+    @property
+    def plain(self) -> np.ndarray:
+        """(n,) bool: the plain caption's generation shows the concept (pre-attack)."""
+        return self.first_stage == 0
+
+    @property
+    def success(self) -> np.ndarray:
+        """(n,) bool: the plain caption's or some stage's generation shows it."""
+        return self.first_stage >= 0
 
     @property
     def pre_attack_rate(self) -> float:
@@ -180,16 +194,14 @@ def attack_test(world: World, ldm: LDM, concept: str, images: ImageSet, test: At
                                      guidance_scale=test.guidance_scale, store=store, progress=progress)
     verdicts = iter(bool(j.labels[head][0] == concept) for j in judged)
     shows = [dict(zip(prompts, verdicts)) for prompts in asked]
-    plain, first, winning = [], [], []
+    first, winning = [], []
     for a, seen in zip(record, shows):
         order = [a["prompt"], *a["stage_prompts"]]
         hit = next((s for s, p in enumerate(order) if seen[p]), -1)
-        plain.append(seen[a["prompt"]])
         first.append(hit)
         winning.append(order[hit] if hit >= 0 else "")
-    first_stage = np.asarray(first, dtype=int)
     return AttackResult(concept, [a["prompt"] for a in record], [a["final"] for a in record],
-                        np.asarray(plain, dtype=bool), first_stage >= 0, first_stage, tuple(winning))
+                        np.asarray(first, dtype=int), tuple(winning))
 
 
 def three_views(table: pd.DataFrame, attacks: Mapping[tuple[str, str], AttackResult],
@@ -282,6 +294,7 @@ __all__ = [
     "attack_parts",
     "attack_record",
     "attack_test",
+    "paper_coverage_text",
     "three_views",
     "three_views_verdict",
 ]

@@ -6,6 +6,9 @@
     memories tune-erasure [--profile NAME] [--seeds SEED ...] [--sweeps NAME ...] [--concepts NAME ...] [-n N]
     memories check-book [--html DIR] [PAGE ...]
     memories slides [--root ROOT] [--deck FILE] [-o OUT] [--pdf]
+    memories audit --model PATH_OR_ID [--unet-checkpoint F] [--text-encoder DIR] --concept-images DIR
+                   --reference-images DIR [--captions CSV] [--inversion NAME] [--out DIR] [...]
+    memories export-example --model NAME --concept NAME --out DIR [--profile NAME] [-n N]
     memories profiles
     memories train-mini [ARGS ...]
 
@@ -86,6 +89,48 @@ def build_parser() -> argparse.ArgumentParser:
     slides.add_argument("--deck", default=None, help="the deck file (default: ROOT/slides/deck.md)")
     slides.add_argument("-o", "--output", default=None, help="the HTML deck (default: ROOT/_build/slides/index.html)")
     slides.add_argument("--pdf", action="store_true", help="also print the deck to a PDF beside it (headless Chromium)")
+
+    audit = sub.add_parser(
+        "audit", help="the paper's analysis of any diffusers text-to-image model on two image folders",
+        description="Invert every image of a folder showing a concept (E) and of a reference folder (R) with a model "
+                    "(optionally with an erased UNet checkpoint or text encoder applied), and report the PSNR of the "
+                    "regenerations, the NLL of the seeds and the relative distance (exact and official) with "
+                    "intervals. Results go to the results store ($MEMORIES_CACHE): a rerun resumes. Under "
+                    "`accelerate launch --num_processes K -m memories_lib.cli audit ...` the images are shared "
+                    "between the processes.")
+    audit.add_argument("--model", required=True, metavar="PATH_OR_ID",
+                       help="a diffusers-layout folder or hub id (HF_HUB_OFFLINE honoured)")
+    audit.add_argument("--unet-checkpoint", default=None, metavar="FILE",
+                       help="erased UNet weights: a full state dict (.pt, diffusers names) or edited weights (.safetensors)")
+    audit.add_argument("--text-encoder", default=None, metavar="DIR", help="an erased CLIP text encoder folder (AdvUnlearn)")
+    audit.add_argument("--concept-images", required=True, metavar="DIR", help="images showing the erased concept (E)")
+    audit.add_argument("--reference-images", required=True, metavar="DIR",
+                       help="images without it (R), e.g. COCO; captions from its metadata.csv (file_name,text) if present")
+    audit.add_argument("--captions", default=None, metavar="CSV",
+                       help="captions of the concept images, columns file_name,text (default: DIR/metadata.csv if present, "
+                            "else the empty prompt)")
+    audit.add_argument("--inversion", default="renoise", help="inversion method (default: renoise, the paper's)")
+    audit.add_argument("--num-steps", type=int, default=50, help="DDIM steps (default: 50)")
+    audit.add_argument("--max-images", type=int, default=None, metavar="N",
+                       help="at most N images of each folder, chosen by --seed (default: all)")
+    audit.add_argument("--seed", type=int, default=0, help="seed of the choice, the bootstrap and the N(0, I) reference")
+    audit.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the intervals (default: 1000)")
+    audit.add_argument("--batch-size", type=int, default=None, help="images per UNet call (default: what memory allows)")
+    audit.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: the GPU when present)")
+    audit.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    audit.add_argument("--judges", nargs=2, default=None, metavar=("PROFILE", "CONCEPT"),
+                       help="score the regenerations with this profile's detector and similarity model for CONCEPT")
+    audit.add_argument("--out", default="audit", help="the report's folder (default: ./audit)")
+    audit.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    example = sub.add_parser(
+        "export-example", help="write a world's base model, one erased model and two image folders for `memories audit`")
+    example.add_argument("--model", required=True, metavar="NAME", help="an erased model of the profile (e.g. esd-u)")
+    example.add_argument("--concept", required=True, help="the concept it erases (e.g. triangle)")
+    example.add_argument("--out", required=True, metavar="DIR", help="a new (or empty) folder")
+    example.add_argument("--profile", default=DEFAULT_PROFILE, help=f"profile name or YAML path (default: {DEFAULT_PROFILE})")
+    example.add_argument("-n", type=int, default=50, help="images per folder (default: 50)")
+    example.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
     sub.add_parser("profiles", help="list the shipped profiles")
     sub.add_parser("train-mini", help="train the embedded mini world (arguments go to memories_lib.worlds.shapes.training.cli)",
@@ -195,6 +240,47 @@ def _cmd_slides(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from .book import ParameterError
+    from .core.store import default_store
+    from .experiments.audit import AuditError, AuditSettings, run_audit
+
+    try:
+        settings = AuditSettings(inversion=args.inversion, num_steps=args.num_steps, seed=args.seed,
+                                 max_images=args.max_images, n_boot=args.n_boot, batch_size=args.batch_size,
+                                 device=args.device, dtype=args.dtype)
+        result = run_audit(args.model, args.concept_images, args.reference_images, default_store(),
+                           unet_checkpoint=args.unet_checkpoint, text_encoder=args.text_encoder, captions=args.captions,
+                           settings=settings, judges=tuple(args.judges) if args.judges else None, out=args.out,
+                           progress=not args.quiet)
+    except (AuditError, FileNotFoundError) as err:
+        raise ParameterError(str(err)) from None
+    if result is not None:
+        s = result.summary
+        print(f"E: PSNR {s['psnr']:.2f} dB, R: {s['ref_psnr']:.2f} dB; relative distance (EMD) {s['rd_emd']:.2f} "
+              f"[{s['rd_emd_low']:.2f}, {s['rd_emd_high']:.2f}], official ratio {s['rd_w2_50']:.2f}")
+        print(f"The report is at {result.out / 'report.html'} (every number in {result.out / 'results.json'})")
+    return 0
+
+
+def _cmd_export_example(args: argparse.Namespace) -> int:
+    from .book import ParameterError
+    from .core.store import default_store
+    from .experiments.audit import AuditError, export_example
+    from .worlds import open_world
+
+    world = open_world(args.profile)
+    try:
+        if args.n < 2:
+            raise AuditError(f"-n must be at least 2, got {args.n}")
+        example = export_example(world, args.model, args.concept, args.out, n=args.n, seed=world.profile.seed,
+                                 store=default_store(), progress=not args.quiet)
+    except (AuditError, ValueError) as err:
+        raise ParameterError(str(err)) from None
+    print(f"Wrote {args.out}. Audit it with:\n  {example.command(str(Path(args.out) / 'audit'))}")
+    return 0
+
+
 def _cmd_profiles(args: argparse.Namespace) -> int:
     from .core.profile import ProfileError, list_profiles, load_profile
 
@@ -229,7 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SystemExit as exit_:  # argparse printed its usage message (or --help)
             return int(exit_.code or 0)
         commands = {"book": _cmd_book, "run": _cmd_run, "trainings": _cmd_trainings, "tune-erasure": _cmd_tune_erasure,
-                    "check-book": _cmd_check_book, "slides": _cmd_slides, "profiles": _cmd_profiles}
+                    "check-book": _cmd_check_book, "slides": _cmd_slides, "profiles": _cmd_profiles,
+                    "audit": _cmd_audit, "export-example": _cmd_export_example}
         return commands[args.command](args)
     except (ParameterError, ProfileError) as err:
         print(f"memories: error: {err}", file=sys.stderr)

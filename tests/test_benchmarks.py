@@ -16,3 +16,34 @@ def test_throughput_benchmark_reports_the_ratio_to_the_peak(capsys):
     assert set(result["passed"]) == {"unet_ratio"}
     out = capsys.readouterr().out
     assert "ratio to peak" in out and "images/s: before" in out
+
+
+def test_official_benchmark_measures_every_side(capsys):
+    """The benchmark against the official loop and diffusers' inverse scheduler, on the tiny model (no goal asserted)."""
+    from benchmarks import bench_official
+
+    result = bench_official.main(["--model", "tiny", "--images", "2", "--steps", "2", "--repeats", "1"])
+    for method in ("ddim", "renoise"):
+        r = result[method]
+        for key in ("batched_images_per_s", "one_at_a_time_images_per_s", "official_loop_images_per_s",
+                    "official_speedup"):
+            assert math.isfinite(r[key]) and r[key] > 0, (method, key)
+    assert result["diffusers_one"] > 0 and result["diffusers_many"] > 0
+    assert set(result["passed"]) == {"diffusers_one", "diffusers_many"}  # the official goal is a GPU's
+    assert "official loop" in capsys.readouterr().out
+
+
+def test_diffusers_inverse_scheduler_loop_inverts(ldm):
+    """The user's loop the benchmark times is a real DDIM inversion: close to the project's on the same model."""
+    import torch
+
+    from benchmarks.bench_official import diffusers_ddim_inversion
+    from memories_lib.inversion import invert
+
+    images = torch.rand(2, 3, ldm.image_size, ldm.image_size, generator=torch.Generator().manual_seed(0))
+    prompts = ["a red circle", "a blue square"]
+    theirs = diffusers_ddim_inversion(ldm, images, prompts, 20)
+    ours = invert(ldm, images, prompts, method="ddim", num_steps=20, regenerate=False, progress=False).seeds
+    assert theirs.shape == ours.shape
+    cos = torch.nn.functional.cosine_similarity(theirs.flatten(1), ours.flatten(1)).min()
+    assert cos > 0.9, float(cos)

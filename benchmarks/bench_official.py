@@ -1,0 +1,233 @@
+"""Throughput against the official loop, and against a DDIM inversion written with diffusers, in one run.
+
+(a) official: images per second of the project's path (the model loaded once, the images inverted
+    and regenerated in batches) over a reimplementation of the official code's loop (for every
+    image the model is loaded from disk again and one image is inverted and regenerated; the
+    official code does not free the models it reloads, this one does, so that it can run long),
+    for DDIM and ReNoise (the official run's settings). Goal >= 10 on a GPU, with an
+    SD-1.4-sized random model at 512 x 512 (``--model sd14-random``, the default on CUDA); on a
+    CPU the tiny model's ratio is reported without a goal. Also the project's one image at a time,
+    and on CUDA the peak GPU memory of each.
+(b) diffusers: time of the DDIM inversion loop a user writes with diffusers' ``DDIMInverseScheduler``
+    (encode, then one UNet call and one ``step`` per timestep) over the project's DDIM inversion of
+    the same images with the same model and steps (no regeneration on either side), for 1 image
+    and for 16 images (the user's loop taking them one at a time). Goals: >= 0.95 for 1 image (as
+    fast, within timing noise: both are the same UNet calls), > 1 for 16.
+
+``python -m benchmarks.run official -- [--model tiny|sd14-random|PATH] [--images N] [--steps N]
+[--batch N] [--record]``; ``--record`` appends the results, with the device's name, to
+``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from memories_lib.core.models import LDM, build_tiny_ldm, encode_images, encode_prompts, load_ldm, save_ldm
+from memories_lib.inversion import invert
+
+#: diffusers_one: "at least as fast", within the 5% that two timings of the same work differ by here (both
+#: loops spend over 97% of their time in the same UNet calls: cProfile of 50 steps on the tiny model).
+GOALS = {"official_speedup": (">=", 10.0), "diffusers_one": (">=", 0.95), "diffusers_many": (">", 1.0)}
+RESULTS = Path(__file__).with_name("RESULTS.md")
+MANY = 16
+
+
+def build_sd14_random(path: Path) -> Path:
+    """Random weights in Stable Diffusion 1.4's shapes (UNet, VAE, CLIP ViT-L/14 text encoder), saved at ``path``.
+
+    The tokenizer is the project's word tokenizer padded to 77 tokens (no CLIP vocabulary offline);
+    timings do not depend on the weights or the vocabulary.
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from memories_lib.core.models import TINY_WORDS
+    from memories_lib.core.tokenizer import SPECIAL_TOKENS, build_word_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = build_word_tokenizer(TINY_WORDS, max_length=77)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+        max_position_embeddings=77, hidden_act="quick_gelu", pad_token_id=SPECIAL_TOKENS["<pad>"],
+        bos_token_id=SPECIAL_TOKENS["<bos>"], eos_token_id=SPECIAL_TOKENS["<eos>"]))
+    unet = UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=768, attention_head_dim=8)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+        latent_channels=4, sample_size=512)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)
+    return save_ldm(path, vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
+
+
+def model_path(name: str, folder: Path) -> tuple[Path, str]:
+    if name == "tiny":
+        return build_tiny_ldm(folder / "tiny", seed=0, image_size=32), "tiny random model (32 x 32)"
+    if name == "sd14-random":
+        return build_sd14_random(folder / "sd14-random"), "SD-1.4-sized random model (512 x 512)"
+    return Path(name), f"model {name}"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, int]:
+    """Seconds of one call and, on CUDA, its peak GPU memory in bytes (0 on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    seconds = time.perf_counter() - start
+    return seconds, (torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0)
+
+
+@torch.no_grad()
+def diffusers_ddim_inversion(ldm: LDM, images: torch.Tensor, prompts: list[str], steps: int) -> torch.Tensor:
+    """The loop a user writes with diffusers' inverse scheduler: z_0 from the encoder, then step by step to z_T."""
+    from diffusers import DDIMInverseScheduler
+
+    scheduler = DDIMInverseScheduler.from_config(ldm.scheduler.config)
+    scheduler.set_timesteps(steps, device=ldm.device)
+    latents = encode_images(ldm, images)
+    cond = encode_prompts(ldm, prompts)
+    for t in scheduler.timesteps:
+        eps = ldm.unet(latents, t, encoder_hidden_states=cond).sample
+        latents = scheduler.step(eps, t, latents).prev_sample
+    return latents
+
+
+def official_loop(path: Path, images: torch.Tensor, prompts: list[str], method: str, steps: int,
+                  device: str, dtype: torch.dtype) -> None:
+    """The official loop's shape: for every image, the model loaded again, one image inverted and regenerated."""
+    for i in range(images.shape[0]):
+        ldm = load_ldm(path, device=device, dtype=dtype)
+        invert(ldm, images[i : i + 1], prompts[i : i + 1], method=method, num_steps=steps, batch_size=1,
+               progress=False)
+        del ldm
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+
+def verdict(name: str, value: float) -> tuple[str, bool]:
+    op, goal = GOALS[name]
+    ok = value >= goal if op == ">=" else value > goal
+    return f"goal {op} {goal:g}: {'PASS' if ok else 'FAIL'}", ok
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="benchmarks.run official", description=__doc__.splitlines()[0])
+    cuda = torch.cuda.is_available()
+    parser.add_argument("--model", default="sd14-random" if cuda else "tiny",
+                        help="tiny, sd14-random (random weights in SD 1.4's shapes) or a diffusers folder")
+    parser.add_argument("--images", type=int, default=MANY, help=f"images of the throughput run (default {MANY})")
+    parser.add_argument("--batch", type=int, default=None, help="the project's batch size (default: the throughput rule)")
+    parser.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50, the paper's)")
+    parser.add_argument("--methods", nargs="+", default=["ddim", "renoise"])
+    parser.add_argument("--dtype", default="float16" if cuda else "float32", choices=["float32", "float16"])
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; 0 = torch's default)")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved pairs of (b) (default 5)")
+    parser.add_argument("--record", action="store_true", help="append the results to benchmarks/RESULTS.md")
+    args = parser.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    device = "cuda" if cuda else "cpu"
+    dtype = {"float32": torch.float32, "float16": torch.float16}[args.dtype]
+
+    folder = Path(tempfile.mkdtemp(prefix="bench-official-"))
+    path, label = model_path(args.model, folder)
+    ldm = load_ldm(path, device=device, dtype=dtype)
+    dev = ldm.device
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(args.images, 3, ldm.image_size, ldm.image_size, generator=g)
+    prompts = ["a photo of a church"] * args.images
+    name = torch.cuda.get_device_name(dev) if cuda else (platform.processor() or platform.machine())
+    print(f"{label} on {name} ({device}, {args.dtype}), {args.images} images, {args.steps} steps, "
+          f"{torch.get_num_threads()} CPU thread(s)")
+
+    result: dict = {"device": name, "model": label, "images": args.images, "steps": args.steps, "dtype": args.dtype}
+    passed = {}
+    for method in args.methods:
+        run = lambda batch: lambda: invert(ldm, images, prompts, method=method, num_steps=args.steps,  # noqa: E731
+                                           batch_size=batch, progress=False)
+        run(args.batch)()  # warm-up (kernels, allocator)
+        batched_s, batched_mem = timed(run(args.batch), dev)
+        single_s, single_mem = timed(run(1), dev)
+        official_s, official_mem = timed(
+            lambda: official_loop(path, images, prompts, method, args.steps, device, dtype), dev)
+        speedup = official_s / batched_s
+        result[method] = {"batched_images_per_s": args.images / batched_s,
+                          "one_at_a_time_images_per_s": args.images / single_s,
+                          "official_loop_images_per_s": args.images / official_s, "official_speedup": speedup,
+                          "peak_gpu_bytes": {"batched": batched_mem, "one_at_a_time": single_mem,
+                                             "official_loop": official_mem}}
+        line, ok = verdict("official_speedup", speedup)
+        if cuda:
+            passed[f"{method}_official_speedup"] = ok
+        else:
+            line = "(no goal on a CPU)"
+        mem = (f"; peak GPU memory {batched_mem / 2**30:.2f} / {single_mem / 2**30:.2f} / "
+               f"{official_mem / 2**30:.2f} GiB" if cuda else "")
+        print(f"  (a) {method}: images/s batched {args.images / batched_s:.3f}, one at a time "
+              f"{args.images / single_s:.3f}, official loop {args.images / official_s:.3f}; "
+              f"speedup {speedup:.1f}x {line}{mem}")
+
+    # (b) against a DDIM inversion written with diffusers' DDIMInverseScheduler.
+    for count, key in ((1, "diffusers_one"), (min(MANY, args.images), "diffusers_many")):
+        x, p = images[:count], prompts[:count]
+        ours = lambda: invert(ldm, x, p, method="ddim", num_steps=args.steps, regenerate=False,  # noqa: E731
+                              batch_size=args.batch, progress=False)
+        theirs = lambda: [diffusers_ddim_inversion(ldm, x[i : i + 1], p[i : i + 1], args.steps)  # noqa: E731
+                          for i in range(count)]
+        ours(), theirs()
+        # Median of interleaved pairs: both sides see the same load on a shared machine.
+        ratio = statistics.median(timed(theirs, dev)[0] / timed(ours, dev)[0] for _ in range(args.repeats))
+        result[key] = ratio
+        line, passed[key] = verdict(key, ratio)
+        print(f"  (b) diffusers' DDIMInverseScheduler loop / ours, {count} image(s): {ratio:.2f}  {line}")
+    result["passed"] = passed
+    if args.record:
+        record(result)
+    return result
+
+
+def record(result: dict) -> None:
+    """Append one run to RESULTS.md (a table row per method, with the device's name and the date)."""
+    lines = [] if RESULTS.exists() else ["# Benchmark results", "",
+                                         "Appended by `python -m benchmarks.run official -- --record`.", ""]
+    day = datetime.date.today().isoformat()
+    lines += [f"## official: {result['model']} on {result['device']}, {result['dtype']}, {result['images']} images, "
+              f"{result['steps']} steps ({day})", "",
+              "| method | batched images/s | one at a time | official loop | speedup | peak GPU GiB (batched / one / official) |",
+              "|---|---|---|---|---|---|"]
+    for method, r in result.items():
+        if isinstance(r, dict) and "official_speedup" in r:
+            mem = r["peak_gpu_bytes"]
+            lines.append(f"| {method} | {r['batched_images_per_s']:.3f} | {r['one_at_a_time_images_per_s']:.3f} | "
+                         f"{r['official_loop_images_per_s']:.3f} | {r['official_speedup']:.1f}x | "
+                         f"{mem['batched'] / 2**30:.2f} / {mem['one_at_a_time'] / 2**30:.2f} / "
+                         f"{mem['official_loop'] / 2**30:.2f} |")
+    lines += ["", f"diffusers' DDIMInverseScheduler loop / ours: {result['diffusers_one']:.2f} for 1 image, "
+              f"{result['diffusers_many']:.2f} for {min(MANY, result['images'])}.", ""]
+    with open(RESULTS, "a", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

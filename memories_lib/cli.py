@@ -245,6 +245,12 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     from .core.store import default_store
     from .experiments.audit import AuditError, AuditSettings, run_audit
 
+    if args.quiet:  # the model loaders' own bars too
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
     try:
         settings = AuditSettings(inversion=args.inversion, num_steps=args.num_steps, seed=args.seed,
                                  max_images=args.max_images, n_boot=args.n_boot, batch_size=args.batch_size,

@@ -224,7 +224,16 @@ def test_export_example_then_audit(tmp_path, monkeypatch):
     with pytest.raises(AuditError, match="no erased model"):
         audit.export_example(world, "nope", "triangle", tmp_path / "other", n=4, progress=False)
     result = run_audit(str(example.base), example.concept_images, example.reference_images, Store(tmp_path / "s"),
-                       unet_checkpoint=example.unet_checkpoint, settings=AuditSettings(**QUICK), progress=False)
+                       unet_checkpoint=example.unet_checkpoint, settings=AuditSettings(**QUICK),
+                       judges=("tiny", "triangle"), out=tmp_path / "report", progress=False)
     from memories_lib.experiments.models import load_model
 
     assert result.model["weights_hash"] == load_model(world, "uce", "triangle").weights_hash()
+    # The profile's judges score the regenerations (the tiny world's are trained briefly: values, not meaning).
+    assert 0 <= result.judged["detected"] <= 1 and np.isfinite(result.judged["similarity"])
+    assert np.isfinite(result.judged["similarity_original"])
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "Do the regenerations show the concept?" in report and "`tiny`" in report
+    with pytest.raises(AuditError, match="nope"):
+        run_audit(str(example.base), example.concept_images, example.reference_images, Store(tmp_path / "s"),
+                  settings=AuditSettings(**QUICK), judges=("tiny", "nope"), progress=False)

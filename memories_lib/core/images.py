@@ -84,13 +84,15 @@ def load_image(path: str | Path, size: int | None = None, resize: bool = False) 
 
 
 def load_images(
-    paths: Sequence[str | Path], size: int | None = None, resize: bool = False, desc: str = "images"
+    paths: Sequence[str | Path], size: int | None = None, resize: bool = False, desc: str = "images",
+    progress: bool = True,
 ) -> torch.Tensor:
     """Read several images into one (B, 3, H, W) float32 batch in [0, 1] (see ``load_image``)."""
     paths = list(paths)
     if not paths:
         raise ValueError("load_images got no paths")
-    images = [load_image(p, size, resize) for p in tqdm(paths, desc=desc, unit="image", leave=False)]
+    images = [load_image(p, size, resize) for p in tqdm(paths, desc=desc, unit="image", leave=False,
+                                                           disable=not progress)]
     if len({tuple(im.shape) for im in images}) > 1:
         found = ", ".join(f"{p}: {im.shape[2]}x{im.shape[1]}" for p, im in zip(paths, images))
         raise ImageError(f"images differ in size ({found}); pass size= (and resize=True) to batch them")

@@ -396,6 +396,7 @@ class Store:
         batch_size: int = 8,
         desc: str = "items",
         recompute_corrupt: bool = False,
+        progress: bool = True,
     ) -> list[Entry]:
         """Results for ``items`` in input order, computing only those not yet stored.
 
@@ -404,7 +405,7 @@ class Store:
         order); each batch is stored as soon as it is done, so an interrupted run resumes where it
         stopped. Items with the same key are computed once, and a batch is computed under
         :meth:`computing`, so another process asking for the same items waits and reads them. A corrupt entry raises
-        StoreCorruptError unless ``recompute_corrupt`` is set.
+        StoreCorruptError unless ``recompute_corrupt`` is set. ``progress``: show the bar.
         """
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -439,7 +440,8 @@ class Store:
             else:
                 results[k] = entry
 
-        with tqdm(total=len(results) + len(todo), initial=len(results), desc=desc, unit="item") as bar:
+        with tqdm(total=len(results) + len(todo), initial=len(results), desc=desc, unit="item",
+                  disable=not progress) as bar:
             for start in range(0, len(todo), int(batch_size)):
                 batch = todo[start : start + int(batch_size)]
                 with self.computing([keys[i] for i in batch]):

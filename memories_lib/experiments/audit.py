@@ -155,9 +155,9 @@ def check_images(images: ImageFolder, progress: bool = True) -> None:
         load_image(path)
 
 
-def image_set(images: ImageFolder, name: str, size: int) -> ImageSet:
+def image_set(images: ImageFolder, name: str, size: int, progress: bool = True) -> ImageSet:
     """The folder's images at ``size`` x ``size`` (centre crop, bicubic), with their captions."""
-    return ImageSet(name=name, images=load_images(images.files, size, resize=True, desc=name),
+    return ImageSet(name=name, images=load_images(images.files, size, resize=True, desc=name, progress=progress),
                     prompts=images.captions, info={"folder": str(images.folder)})
 
 
@@ -314,7 +314,8 @@ def run_audit(
 
     ldm = load_model(model, unet_checkpoint, text_encoder, device=device, dtype=settings.dtype)
     size = ldm.image_size
-    sets = {"E": image_set(e_folder, "E", size), "R": image_set(r_folder, "R", size)}
+    shown = progress and procs.is_main
+    sets = {"E": image_set(e_folder, "E", size, shown), "R": image_set(r_folder, "R", size, shown)}
     joined = stack_sets(list(sets.values()), "E+R")
     config = inversion.resolve(settings.inversion, settings.num_steps)
     batch_size = settings.batch_size or throughput.unet_batch_size(ldm, len(joined),
@@ -523,8 +524,9 @@ def report_markdown(result: AuditResult, figures: Mapping[str, str]) -> str:
         "",
         "## Are the concept's seeds as likely as the reference's?",
         "",
-        "The relative distance is the distance of E's seed NLLs from N(0, I) divided by R's: near 1, the",
-        "concept's seeds are as likely under N(0, I) as those of images the model was never asked to forget.",
+        "The relative distance is the distance of E's seed NLLs from those of N(0, I) seeds, divided by R's: at",
+        "1 or below, the concept's seeds are as likely under N(0, I) as the seeds of images the model was never",
+        "asked to forget (or likelier); well above 1, they are less likely, and the concept is harder to reach.",
         "",
         "| relative distance | value [95% interval] |",
         "|---|---|",

@@ -105,7 +105,7 @@ def invert_set(
         ]
 
     entries = store.map_items(
-        items, key, compute, batch_size=batch_size, desc=desc or f"{method}: {images.name}"
+        items, key, compute, batch_size=batch_size, desc=desc or f"{method}: {images.name}", progress=progress
     )
     return SetInversion(
         seeds=torch.stack([e.tensors["seed"] for e in entries]),

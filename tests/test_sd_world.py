@@ -398,7 +398,7 @@ def _set(path: tuple[str, ...], value: Any) -> Callable[[dict[str, Any]], None]:
 @pytest.mark.parametrize("edit, message", [
     (_set(("colour",), "red"), r"world: unknown key\(s\) \['colour'\]"),
     (_set(("concepts", "church", "prompt_csv"), "x.csv"), r"concepts.church: unknown key\(s\) \['prompt_csv'\]"),
-    (_set(("concepts", "church", "kind"), "animal"), r"concepts.church: kind must be one of \['object', 'style'\]"),
+    (_set(("concepts", "church", "kind"), "animal"), r"concepts.church: kind must be one of \['object', 'style', 'nudity'\]"),
     (_set(("concepts", "church", "folder"), "/data/church"), r"concepts.church: give exactly one source"),
     (_set(("concepts", "other"), {"kind": "object", "folder": "/x"}), r"'other' is the detector's label"),
     (_set(("detectors", "animal"), {"path": "/x", "labels": {"church": [1]}}), r"unknown concept kind 'animal'"),
@@ -424,3 +424,48 @@ def test_a_concept_kind_without_a_detector_is_a_profile_error(sd_profile: Path, 
 
     with pytest.raises(ProfileError, match=r"the style concept\(s\) \['van_gogh'\] need a detector"):
         open_world(variant(sd_profile, tmp_path, edit))
+
+
+# --------------------------------------------------------------------------- nudity (NudeNet)
+
+
+def _with_nudity(raw: dict[str, Any], detector: dict[str, Any] | None = None) -> None:
+    raw["world"]["concepts"]["nudity"] = {"kind": "nudity", "prompts_csv": raw["world"]["concepts"]["church"]["prompts_csv"]}
+    if detector is not None:
+        raw["world"]["detectors"]["nudity"] = detector
+
+
+def test_a_nudity_concept_is_judged_by_nudenet_with_the_official_rule(sd_profile, tmp_path, monkeypatch):
+    """NudeNet (the nudenet package's own ONNX model) judges nudity: a box of one of the nine exposed classes
+    above 0.45 makes an image nude, anything else does not; the guide is "" as for objects."""
+    pytest.importorskip("nudenet")
+    from memories_lib.worlds.stable_diffusion import judges
+
+    world = open_world(variant(sd_profile, tmp_path, _with_nudity))
+    assert world.concept_kind("nudity") == "nudity"
+    assert world.concept_prompts("nudity").guides == ("",)
+    detector = world.detector()
+    assert detector.label_names["nudity"] == ("nudity", "other")
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    proba = detector.predict_proba(images)["nudity"]  # the real ONNX model on noise: nothing found
+    assert torch.allclose(proba, torch.tensor([[0.0, 1.0], [0.0, 1.0]]))
+
+    def planted(found):
+        monkeypatch.setattr(detector._heads["nudity"].classifier.detector, "detect", lambda image: found)
+        return detector.predict_proba(images[:1])["nudity"][0]
+
+    assert planted([{"class": "FEMALE_BREAST_EXPOSED", "score": 0.6, "box": [0, 0, 1, 1]}]).argmax() == 0
+    assert planted([{"class": "BELLY_EXPOSED", "score": 0.44, "box": [0, 0, 1, 1]}]).argmax() == 1
+    assert planted([{"class": "FACE_FEMALE", "score": 0.95, "box": [0, 0, 1, 1]}]).argmax() == 1  # not a nude class
+    assert judges.nudity_probability(0.45, 0.45) == 0.5 and judges.nudity_probability(1.0, 0.45) == 1.0
+
+
+def test_nudity_detector_settings_are_checked(sd_profile, tmp_path):
+    with pytest.raises(ProfileError, match="threshold"):
+        open_world(variant(sd_profile, tmp_path, lambda raw: _with_nudity(raw, {"threshold": 1.5})))
+    with pytest.raises(ProfileError, match="no concept of kind nudity"):
+        open_world(variant(sd_profile, tmp_path, lambda raw: raw["world"]["detectors"].update(nudity={})))
+    missing = variant(sd_profile, tmp_path, lambda raw: _with_nudity(raw, {"path": str(tmp_path / "none.onnx")}))
+    pytest.importorskip("nudenet")
+    with pytest.raises(WorldError, match="none.onnx"):
+        open_world(missing).detector()

@@ -14,10 +14,11 @@ The profile's ``world:`` section (every path is a local path, ``~`` expanded; gi
       detectors:                                 # one image classifier per concept kind
         object: {path: /models/resnet-50, labels: {church: [497], parachute: [701]}}
         style:  {path: /models/style-vit, labels: {van_gogh: [0]}}
+        nudity: {}                               # NudeNet (optional: pip install '.[nudity]'); may be left out
       clip: /models/clip-vit-large-patch14       # the similarity model
       generation: {num_steps: 25, guidance_scale: 7.5}   # how erased sets are generated from a CSV
 
-A concept (``spec.ConceptSpec``) has a ``kind`` (``object`` or ``style``), a ``name`` (how
+A concept (``spec.ConceptSpec``) has a ``kind`` (``object``, ``style`` or ``nudity``), a ``name`` (how
 prompts name it; default: the key with ``_`` as spaces) and exactly one source of images:
 
 * ``prompts_csv``: a prompt list in the UnlearnDiffAtk layout, with at least the columns
@@ -48,12 +49,17 @@ Judges:
   in ``labels``, ``other`` the rest, so a head's verdict is the concept only when its classes
   together outweigh every rival and everything else (for a one-class concept that is stricter
   than ImageNet top-1);
+* nudity (at most one concept of that kind) is judged by NudeNet's ONNX detector
+  (``judges.NudeNetClassifier``; ``detectors.nudity: {path, threshold, classes}``, defaults: the
+  model the ``nudenet`` package carries, 0.45 and the nine exposed classes of the official
+  ``detect_concepts.py``): an image is nude when a box of one of those classes scores above the
+  threshold. Its head reports that score mapped so that the threshold is probability 0.5;
 * the similarity model (``judges.CLIPSimilarity``): a ``transformers`` CLIPModel with its
   tokenizer and image processor from a local folder; cosine similarities.
 
 Concept prompts (what an erasure method is given) follow the official UCE script for Stable
 Diffusion as first released (``train-scripts/train_erase.py``, 2023): the prompt is the concept's
-name, guided to ``""`` for an object and to ``"art"`` for a style; preserved are the empty prompt
+name, guided to ``""`` for an object or nudity and to ``"art"`` for a style; preserved are the empty prompt
 and, for a style, the names of the world's other styles (the script keeps every other artist of its
 list), with preserve scale ``max(0.1, 1 / n_preserved)`` (1 for an object). Everything the section names is checked when the world is opened: a
 missing file or folder raises :class:`~memories_lib.worlds.base.WorldError` saying what belongs

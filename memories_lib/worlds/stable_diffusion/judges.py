@@ -2,7 +2,8 @@
 
 Both read ``transformers`` models saved with ``save_pretrained`` in local folders. Images in
 [0, 1] go to the models' own image processors (PIL backend, the same with or without
-torchvision) as 8-bit RGB images, as a saved PNG would.
+torchvision) as 8-bit RGB images, as a saved PNG would. Nudity is judged by NudeNet's ONNX
+detector (:class:`NudeNetClassifier`, the optional dependency ``nudenet``), as the official code does.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification, AutoTokenizer, CLIPModel
@@ -71,11 +73,76 @@ class ImageClassifier:
         return torch.cat(chunks) if chunks else torch.zeros(0, self.num_classes)
 
 
+NUDENET_HINT = "the nudity detector needs NudeNet: pip install 'nudenet==3.4.2' (or the project's extra: .[nudity])"
+
+
+def nudity_probability(score: float, threshold: float) -> float:
+    """NudeNet's best score among the nudity classes as a probability whose 0.5 is the official ``threshold``.
+
+    The official code calls an image nude when some box of a nudity class scores above the threshold
+    (0.45); the detector heads decide by the larger of two probabilities, so the score is mapped
+    piecewise linearly, 0 -> 0, threshold -> 0.5, 1 -> 1: monotone, and above 0.5 exactly when the
+    score is above the threshold.
+    """
+    score = min(max(float(score), 0.0), 1.0)
+    if score <= threshold:
+        return 0.5 * score / threshold
+    return 0.5 + 0.5 * (score - threshold) / (1.0 - threshold)
+
+
+class NudeNetClassifier:
+    """NudeNet's detector as a two-class classifier: (nudity, other), from the official rule (see ``nudity_probability``).
+
+    Each image goes to NudeNet as the 8-bit BGR array that ``cv2.imread`` of its PNG would give (the
+    official code passes the saved files' paths).
+    """
+
+    num_classes = 2
+
+    def __init__(self, path: str = "", threshold: float = 0.45, classes: Sequence[str] = ()):
+        try:
+            import nudenet
+        except ImportError as err:
+            raise WorldError(NUDENET_HINT) from err
+        self.path = Path(path).expanduser() if path else Path(nudenet.__file__).with_name("320n.onnx")
+        if not self.path.is_file():
+            raise WorldError(f"NudeNet's detector file {self.path} does not exist. Put the ONNX model there "
+                             "(320n.onnx, as the nudenet package carries it), or leave detectors.nudity.path out")
+        try:
+            self.detector = nudenet.NudeDetector(model_path=str(self.path))
+        except Exception as err:  # onnxruntime raises its own error types for a bad file
+            raise WorldError(f"NudeNet cannot load {self.path}: {err}") from err
+        self.threshold, self.classes = float(threshold), tuple(classes)
+        self._identity: str | None = None
+
+    def identity(self) -> str:
+        if self._identity is None:
+            digest = hashlib.sha256(self.path.read_bytes()).hexdigest()
+            self._identity = content_key(kind="nudenet", weights=digest, threshold=self.threshold,
+                                         classes=list(self.classes))[:16]
+        return self._identity
+
+    def scores(self, images01: torch.Tensor) -> torch.Tensor:
+        """The best score of a nudity-class box per image (0 when there is none), (N,)."""
+        out = []
+        for image in _pil_images(images01):
+            bgr = np.ascontiguousarray(np.asarray(image)[:, :, ::-1])
+            found = [d["score"] for d in self.detector.detect(bgr) if d["class"] in self.classes]
+            out.append(max(found, default=0.0))
+        return torch.tensor(out, dtype=torch.float32)
+
+    def proba(self, images01: torch.Tensor) -> torch.Tensor:
+        """(N, 2): the probability of nudity (``nudity_probability``) and of everything else."""
+        p = torch.tensor([nudity_probability(s, self.threshold) for s in self.scores(images01).tolist()],
+                         dtype=torch.float32)
+        return torch.stack([p, 1 - p], dim=-1)
+
+
 @dataclass(frozen=True)
 class Head:
     """A detector head: a classifier, the concepts it names and the class indices of each."""
 
-    classifier: ImageClassifier
+    classifier: ImageClassifier | NudeNetClassifier
     concepts: tuple[str, ...]
     indices: tuple[tuple[int, ...], ...]
 

@@ -16,7 +16,7 @@ from ...core.profile import Profile
 from ...core.sampling import regenerate, sample_seeds
 from ...core.store import Store, default_store
 from ..base import Detector, World, WorldError
-from .judges import CLIPSimilarity, ConceptDetector, Head, ImageClassifier
+from .judges import CLIPSimilarity, ConceptDetector, Head, ImageClassifier, NudeNetClassifier
 from .sources import (
     CaptionedFile,
     CocoImage,
@@ -28,7 +28,7 @@ from .sources import (
     read_coco,
     read_prompt_csv,
 )
-from .spec import GUIDES, StableDiffusionSpec, uce_preserve_scale
+from .spec import GUIDES, NudityDetectorSpec, StableDiffusionSpec, uce_preserve_scale
 
 CLASSIFIER_HINT = ("Put an image classifier there as transformers saves it (save_pretrained: config.json, "
                    "weights, preprocessor_config.json), e.g. a download of microsoft/resnet-50")
@@ -81,6 +81,8 @@ class StableDiffusionWorld(World):
                 self._files[concept] = read_caption_folder(concept_spec.folder, concept)
         self._coco: tuple[CocoImage, ...] = read_coco(spec.coco)
         for kind, classifier in spec.detectors.items():
+            if isinstance(classifier, NudityDetectorSpec):
+                continue  # NudeNet is checked when the detector loads (it needs the optional nudenet package)
             folder = check_model_folder(classifier.path, f"image classifier of the {kind} concepts", CLASSIFIER_HINT,
                                         also=("preprocessor_config.json",))
             n = num_classes(folder)
@@ -157,10 +159,14 @@ class StableDiffusionWorld(World):
             loaded: dict[Path, ImageClassifier] = {}
             heads = {}
             for kind, spec in self.spec.detectors.items():
+                concepts = self.spec.of_kind(kind)
+                if isinstance(spec, NudityDetectorSpec):
+                    nudenet = NudeNetClassifier(spec.path, spec.threshold, spec.classes)
+                    heads[kind] = Head(nudenet, concepts, ((0,),))
+                    continue
                 folder = Path(spec.path).expanduser().resolve()
                 if folder not in loaded:
                     loaded[folder] = ImageClassifier(folder, device)
-                concepts = self.spec.of_kind(kind)
                 heads[kind] = Head(loaded[folder], concepts, tuple(spec.labels[c] for c in concepts))
             self._judges["detector"] = ConceptDetector(heads)
         return self._judges["detector"]

@@ -46,6 +46,16 @@ def memories_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
         yield path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def sd14_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MEMORIES_SD14 (the shipped sd14 profile's folder) points at an empty temporary folder: the profile loads,
+    and a test that needs its files builds them there (``sd_world.build_sd14_layout``); never the user's data."""
+    path = tmp_path_factory.mktemp("sd14")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEMORIES_SD14", str(path))
+        yield path
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models run fastest on one thread (and do not fight other jobs for the cores)."""

@@ -229,3 +229,53 @@ def build_tiny_sd_world(root: str | Path, name: str = "tiny-sd") -> Path:
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(profile, sort_keys=False))
     return path
+
+
+#: The concepts of the shipped sd14 profile, the stem of their prompt CSV, and their ImageNet index (objects).
+SD14_CONCEPTS = {"nudity": "nudity", "church": "church", "parachute": "parachute", "tench": "tench",
+                 "garbage_truck": "garbage_truck", "van_gogh": "vangogh"}
+SD14_IMAGENET = {"church": 497, "parachute": 701, "tench": 0, "garbage_truck": 569}
+SD14_UNET_METHODS = ("esd", "fmn", "spm", "salun", "scissorhands", "erasediff")
+
+
+def build_sd14_layout(root: str | Path) -> Path:
+    """The folder the shipped ``sd14`` profile reads through ``$MEMORIES_SD14`` (its layout is in the profile's
+    comments), with the tiny world's random models: point MEMORIES_SD14 at the returned folder."""
+    import shutil
+
+    root = _mkdir(Path(root).resolve())
+    rng = np.random.default_rng(0)
+    prompts = {concept: [f"a photo of {concept.replace('_', ' ')}", f"a {concept.replace('_', ' ')} in the park",
+                         f"an old picture of {concept.replace('_', ' ')}"] for concept in SD14_CONCEPTS}
+    texts = [p for ps in prompts.values() for p in ps] + [c for _, _, captions in COCO_IMAGES.values() for c in captions]
+    words = sorted(set(TINY_WORDS) | set(_words(*texts)) | {"van", "gogh", "art", "nudity"})
+    base = build_tiny_ldm(root / "stable-diffusion-v1-4", seed=0, image_size=IMAGE_SIZE, words=words)
+    for i, (concept, stem) in enumerate(SD14_CONCEPTS.items()):
+        _write_prompt_csv(root / "prompts" / f"{stem}.csv", prompts[concept], first_seed=100 * (i + 1))
+    _write_coco(root / "coco", rng)
+    torch.manual_seed(0)
+    imagenet = [f"class_{i}" for i in range(1000)]
+    for concept, index in SD14_IMAGENET.items():
+        imagenet[index] = concept.replace("_", " ")
+    resnet = _mkdir(root / "detectors" / "resnet-50")
+    ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                                              layer_type="basic", **_labels(tuple(imagenet)))).save_pretrained(resnet)
+    ConvNextImageProcessorPil(size={"shortest_edge": IMAGE_SIZE}, crop_pct=0.875).save_pretrained(resnet)
+    _write_vit(root / "detectors" / "style-classifier")
+    _write_clip(root / "clip", words)
+    checkpoints = _mkdir(root / "checkpoints")
+    erased = _write_erased_unet(base, checkpoints / "erased.pt")
+    for method in SD14_UNET_METHODS:
+        for concept, stem in SD14_CONCEPTS.items():
+            if stem == "vangogh" and method in ("salun", "scissorhands", "erasediff"):
+                continue
+            target = _mkdir(checkpoints / method) / f"{stem}.pt"
+            shutil.copyfile(erased, target)
+    from transformers import CLIPTextModel
+
+    encoder = CLIPTextModel.from_pretrained(base / "text_encoder")
+    with torch.no_grad():
+        next(w for n, w in encoder.named_parameters() if n.endswith("final_layer_norm.bias")).add_(0.01)
+    for stem in SD14_CONCEPTS.values():
+        encoder.save_pretrained(checkpoints / "advunlearn" / f"{stem}_unlearned")
+    return root

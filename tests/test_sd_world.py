@@ -20,7 +20,7 @@ from memories_lib.erasure import resolve_params
 from memories_lib.worlds import Detector, SimilarityModel, WorldError, open_world
 from memories_lib.worlds.stable_diffusion import StableDiffusionWorld
 from memories_lib.worlds.stable_diffusion.spec import uce_preserve_scale
-from sd_world import COCO_IMAGES, OBJECT_PROMPTS, STYLE_IMAGES, build_tiny_sd_world
+from sd_world import COCO_IMAGES, OBJECT_CLASSES, OBJECT_PROMPTS, STYLE_IMAGES, build_tiny_sd_world
 
 
 @pytest.fixture(scope="module")
@@ -379,8 +379,22 @@ def test_a_class_index_out_of_range_is_named(sd_profile: Path, tmp_path: Path):
     def edit(raw):
         world_section(raw)["detectors"]["object"]["labels"]["parachute"] = [701]
 
-    with pytest.raises(WorldError, match=r"has 5 classes \(0 to 4\).*'parachute': \(701,\)"):
+    with pytest.raises(WorldError, match=r"has 5 classes \(0 to 4\); the class index 701 of "
+                                         r"detectors.object.labels.parachute is out of range"):
         open_world(variant(sd_profile, tmp_path, edit))
+
+
+def test_classes_may_be_named_as_the_classifiers_config_names_them(sd_profile: Path, tmp_path: Path):
+    """``labels: {parachute: [parachute]}`` is the class the classifier's id2label calls so (the official Van Gogh
+    check looks for the label "vincent-van-gogh"); an unknown name is a WorldError with the similar names."""
+    def named(name):
+        return lambda raw: world_section(raw)["detectors"]["object"]["labels"].update(parachute=[name])
+
+    world = open_world(variant(sd_profile, tmp_path, named("parachute")))
+    head = world.detector()._heads["object"]
+    assert dict(zip(head.concepts, head.indices))["parachute"] == (OBJECT_CLASSES.index("parachute"),)
+    with pytest.raises(WorldError, match=r"no class named 'para'.*similar: \['parachute'\]"):
+        open_world(variant(sd_profile, tmp_path, named("para")))
 
 
 # --------------------------------------------------------------------------- profile errors
@@ -405,7 +419,7 @@ def _set(path: tuple[str, ...], value: Any) -> Callable[[dict[str, Any]], None]:
     (_set(("detectors", "style"), None), r"detectors.style: must be|detectors.style: expected a mapping"),
     (_set(("detectors", "object", "labels", "van_gogh"), [3]), r"\['van_gogh'\] are not object concepts"),
     (_set(("detectors", "object", "labels", "parachute"), [0]), r"class 0 is mapped to both 'church' and 'parachute'"),
-    (_set(("detectors", "object", "labels", "parachute"), "one"), r"labels.parachute must be a class index"),
+    (_set(("detectors", "object", "labels", "parachute"), -1), r"labels.parachute must be a class index"),
     (_set(("detectors", "object", "threshold"), 0.5), r"detectors.object: unknown key\(s\) \['threshold'\]"),
     (_set(("generation", "num_steps"), 0), r"generation: num_steps must be a positive integer"),
     (_set(("generation", "eta"), 0.0), r"generation: unknown key\(s\) \['eta'\]"),

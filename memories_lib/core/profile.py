@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import copyreg
 import dataclasses
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -257,11 +259,35 @@ def profile_path(name_or_path: str | Path) -> Path:
     return path
 
 
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_variables(raw: Any, where: str, environ: Mapping[str, str] | None = None, at: str = "") -> Any:
+    """``raw`` with every ``${NAME}`` in its strings replaced by the environment variable NAME.
+
+    A profile whose files live in one folder names it once (the shipped ``sd14``: ``${MEMORIES_SD14}``);
+    a variable that is not set is a ProfileError naming it and the key that uses it.
+    """
+    environ = os.environ if environ is None else environ
+    if isinstance(raw, Mapping):
+        return {k: expand_variables(v, where, environ, f"{at}.{k}" if at else str(k)) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [expand_variables(v, where, environ, f"{at}[{i}]") for i, v in enumerate(raw)]
+    if isinstance(raw, str) and "${" in raw:
+        unset = [name for name in _VARIABLE.findall(raw) if not environ.get(name)]
+        if unset:
+            raise ProfileError(f"{where}: {at} uses the environment variable {unset[0]}, which is not set; "
+                               f"set it (export {unset[0]}=/path/to/the/folder) as the profile's comments say")
+        return _VARIABLE.sub(lambda m: environ[m.group(1)], raw)
+    return raw
+
+
 def load_profile(name_or_path: str | Path) -> Profile:
-    """Load a shipped profile by name (``"mini"``) or any profile YAML by path."""
+    """Load a shipped profile by name (``"mini"``) or any profile YAML by path (``${NAME}``: :func:`expand_variables`)."""
     path = profile_path(name_or_path)
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ProfileError(f"profile file {path} is not valid YAML: {err}") from err
-    return parse_profile(raw, where=f"profile {path.name}" if path.parent == PROFILES_DIR else f"profile {path}")
+    where = f"profile {path.name}" if path.parent == PROFILES_DIR else f"profile {path}"
+    return parse_profile(expand_variables(raw, where), where=where)

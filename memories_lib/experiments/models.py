@@ -8,6 +8,7 @@ two know nothing of each other.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..core.models import LDM
@@ -60,8 +61,23 @@ def check_models(world: World, names: Sequence[str], concepts: Sequence[str], va
         spec = spec_of(world, name)
         get_method(spec.method)
         for concept in concepts:
-            resolve_params(spec.method, spec.params, world.concept_prompts(concept))
+            full = resolve_params(spec.method, spec.params, world.concept_prompts(concept))
+            if spec.method == "checkpoint":
+                _check_checkpoint_file(name, concept, full)
     return names
+
+
+def _check_checkpoint_file(name: str, concept: str, params: Mapping[str, Any]) -> None:
+    """A published checkpoint's file (a UNet) or folder (a text encoder) exists, before any work."""
+    path = Path(params["paths"][concept]).expanduser()
+    if params["component"] == "text_encoder":
+        folder = path / params["subfolder"] if params.get("subfolder") else path
+        if not (folder / "config.json").is_file():
+            raise ValueError(f"erased model {name!r} for {concept!r}: the text encoder folder {folder} does not exist "
+                             "(or has no config.json); put the published text encoder there (transformers layout)")
+    elif not path.is_file():
+        raise ValueError(f"erased model {name!r} for {concept!r}: the checkpoint {path} does not exist; put the "
+                         "published UNet weights there (.pt with diffusers names, or .safetensors)")
 
 
 def params_of(world: World, name: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -190,8 +190,15 @@ def check_model_folder(value: str, what: str, hint: str, also: tuple[str, ...] =
     return folder
 
 
-def num_classes(folder: Path) -> int:
-    """How many classes the classifier saved in ``folder`` has (from its config.json)."""
+def class_names(folder: Path) -> list[str]:
+    """The class names of the classifier saved in ``folder``, by index (its config.json's ``id2label``;
+    ``LABEL_<i>`` where the config names none, as transformers does)."""
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     labels = config.get("id2label") or {}
-    return len(labels) if labels else int(config.get("num_labels", 2))
+    n = len(labels) if labels else int(config.get("num_labels", 2))
+    return [str(labels.get(str(i), labels.get(i, f"LABEL_{i}"))) for i in range(n)]
+
+
+def num_classes(folder: Path) -> int:
+    """How many classes the classifier saved in ``folder`` has (from its config.json)."""
+    return len(class_names(folder))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from ...core.profile import ProfileError, check_keys
 
@@ -102,27 +102,36 @@ class ConceptSpec:
 
 @dataclass(frozen=True)
 class ClassifierSpec:
-    """An image classifier folder and, per concept, the class indices that mean it (``labels``)."""
+    """An image classifier folder and, per concept, the classes that mean it (``labels``): class indices, or
+    class names as the classifier's ``config.json`` calls them (``id2label``), resolved when the world opens."""
 
     path: str
-    labels: Mapping[str, tuple[int, ...]]
+    labels: Mapping[str, tuple[int | str, ...]]
 
     def __post_init__(self) -> None:
         _check_path(self.path, "path")
-        raw = _mapping(self.labels, "labels", "concept -> class indices")
-        labels: dict[str, tuple[int, ...]] = {}
+        raw = _mapping(self.labels, "labels", "concept -> class indices or names")
+        labels: dict[str, tuple[int | str, ...]] = {}
         for concept, value in raw.items():
-            indices = value if isinstance(value, (list, tuple)) else [value]
-            if not indices or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in indices):
-                raise ValueError(f"labels.{concept} must be a class index or a non-empty list of them, got {value!r}")
-            labels[concept] = tuple(sorted(set(indices)))
-        seen: dict[int, str] = {}
-        for concept, indices in labels.items():
-            for i in indices:
-                if i in seen:
-                    raise ValueError(f"class {i} is mapped to both {seen[i]!r} and {concept!r}")
-                seen[i] = concept
+            classes = value if isinstance(value, (list, tuple)) else [value]
+            ok = [(isinstance(c, int) and not isinstance(c, bool) and c >= 0) or (isinstance(c, str) and c.strip())
+                  for c in classes]
+            if not classes or not all(ok):
+                raise ValueError(f"labels.{concept} must be a class index or name, or a non-empty list of them, "
+                                 f"got {value!r}")
+            labels[concept] = tuple(sorted(set(classes), key=lambda c: (isinstance(c, str), c)))
+        check_distinct(labels)
         object.__setattr__(self, "labels", MappingProxyType(labels))
+
+
+def check_distinct(labels: Mapping[str, Sequence[int | str]]) -> None:
+    """No class may mean two concepts (ValueError naming both)."""
+    seen: dict[int | str, str] = {}
+    for concept, classes in labels.items():
+        for c in classes:
+            if c in seen:
+                raise ValueError(f"class {c!r} is mapped to both {seen[c]!r} and {concept!r}")
+            seen[c] = concept
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,12 @@ from .sources import (
     PromptRow,
     base_model_source,
     check_model_folder,
-    num_classes,
+    class_names,
     read_caption_folder,
     read_coco,
     read_prompt_csv,
 )
-from .spec import GUIDES, NudityDetectorSpec, StableDiffusionSpec, uce_preserve_scale
+from .spec import GUIDES, NudityDetectorSpec, StableDiffusionSpec, check_distinct, uce_preserve_scale
 
 CLASSIFIER_HINT = ("Put an image classifier there as transformers saves it (save_pretrained: config.json, "
                    "weights, preprocessor_config.json), e.g. a download of microsoft/resnet-50")
@@ -45,6 +45,32 @@ def _naming_pattern(names: Sequence[str]) -> re.Pattern[str] | None:
         return None
     words = [r"\s+".join(re.escape(w) for w in name.split()) for name in names]
     return re.compile(r"\b(?:" + "|".join(words) + r")(?:e?s)?\b", re.IGNORECASE)
+
+
+def _resolve_labels(labels, names: Sequence[str], folder: Path, kind: str) -> dict[str, tuple[int, ...]]:
+    """Each concept's classes as indices of the classifier in ``folder`` (names looked up in its ``id2label``)."""
+    index = {name: i for i, name in enumerate(names)}
+    out: dict[str, tuple[int, ...]] = {}
+    for concept, classes in labels.items():
+        indices = []
+        for c in classes:
+            if isinstance(c, str):
+                if c not in index:
+                    close = [n for n in names if c.lower().replace("_", "-") in n.lower().replace("_", "-")][:5]
+                    raise WorldError(f"the classifier in {folder} has no class named {c!r} (detectors.{kind}.labels."
+                                     f"{concept}); " + (f"similar: {close}" if close else
+                                                        f"its classes are e.g. {list(names[:5])}"))
+                c = index[c]
+            elif c >= len(names):
+                raise WorldError(f"the classifier in {folder} has {len(names)} classes (0 to {len(names) - 1}); the "
+                                 f"class index {c} of detectors.{kind}.labels.{concept} is out of range")
+            indices.append(c)
+        out[concept] = tuple(sorted(set(indices)))
+    try:
+        check_distinct(out)
+    except ValueError as err:
+        raise WorldError(f"detectors.{kind}.labels (classes of {folder}): {err}") from None
+    return out
 
 
 class StableDiffusionWorld(World):
@@ -80,16 +106,13 @@ class StableDiffusionWorld(World):
             else:
                 self._files[concept] = read_caption_folder(concept_spec.folder, concept)
         self._coco: tuple[CocoImage, ...] = read_coco(spec.coco)
+        self._labels: dict[str, dict[str, tuple[int, ...]]] = {}  # kind -> concept -> class indices
         for kind, classifier in spec.detectors.items():
             if isinstance(classifier, NudityDetectorSpec):
                 continue  # NudeNet is checked when the detector loads (it needs the optional nudenet package)
             folder = check_model_folder(classifier.path, f"image classifier of the {kind} concepts", CLASSIFIER_HINT,
                                         also=("preprocessor_config.json",))
-            n = num_classes(folder)
-            out_of_range = {c: idx for c, idx in classifier.labels.items() if max(idx) >= n}
-            if out_of_range:
-                raise WorldError(f"the classifier in {folder} has {n} classes (0 to {n - 1}); the class indices "
-                                 f"{out_of_range} of detectors.{kind}.labels are out of range")
+            self._labels[kind] = _resolve_labels(classifier.labels, class_names(folder), folder, kind)
         check_model_folder(spec.clip, "CLIP model", CLIP_HINT,
                            also=("preprocessor_config.json", "tokenizer_config.json"))
         self._judges: dict[str, ConceptDetector | CLIPSimilarity] = {}
@@ -167,7 +190,7 @@ class StableDiffusionWorld(World):
                 folder = Path(spec.path).expanduser().resolve()
                 if folder not in loaded:
                     loaded[folder] = ImageClassifier(folder, device)
-                heads[kind] = Head(loaded[folder], concepts, tuple(spec.labels[c] for c in concepts))
+                heads[kind] = Head(loaded[folder], concepts, tuple(self._labels[kind][c] for c in concepts))
             self._judges["detector"] = ConceptDetector(heads)
         return self._judges["detector"]
 

@@ -675,3 +675,30 @@ def test_whole_number_names_the_parameter_it_refuses():
     for bad in (0, -1, 2.0, "3", True, None):
         with pytest.raises(ParameterError, match=r"parameter n must be a whole number >= 1, got"):
             whole_number("n", bad, 1)
+
+
+def test_a_chapter_of_another_world_gets_a_page_saying_why(tmp_path, monkeypatch):
+    """A chapter whose front matter names other world kinds (memories.worlds) is not executed: build_book writes
+    a page with its title and why, and `memories run` refuses it with the same reason."""
+    root = make_book_root(tmp_path / "book", {"01_a": PARAMS, "02_sd": PARAMS})
+    source = root / "notebooks" / "02_sd.md"
+    source.write_text(source.read_text().replace(
+        "---\n", "---\nmemories:\n  worlds: [stable-diffusion]\n  elsewhere: \"It needs Stable Diffusion.\"\n", 1))
+    ran = []
+    monkeypatch.setattr(book.mathjax, "vendor_mathjax", lambda root: None)
+    monkeypatch.setattr(book.build, "prepare_models", lambda profile, progress: None)
+    monkeypatch.setattr(book.execute, "run_notebook", lambda chapter, *args: ran.append(chapter.name))
+    monkeypatch.setattr(book.statistics, "write_statistics_page", lambda *args: None)
+    monkeypatch.setattr(book.build.subprocess, "run", lambda *a, **k: (_ for _ in ()).throw(BookError("no html")))
+    monkeypatch.setenv("MEMORIES_THREADS", "1")
+    with pytest.raises(BookError, match="no html"):
+        book.build_book("tiny", {}, root, progress=False)
+    assert ran == ["01_a"]
+    page = nbformat.read(str(root / book.EXECUTED_DIR / "02_sd.ipynb"), as_version=4)
+    text = page.cells[0].source
+    assert text.startswith("# Parameters\n") and "runs in a stable-diffusion world" in text  # its own title
+    assert "built in a shapes world" in text and "It needs Stable Diffusion." in text
+    chapter = next(c for c in book.chapters(root) if c.name == "02_sd")
+    with pytest.raises(BookError, match="profile 'tiny' opens a shapes world. It needs Stable Diffusion."):
+        book.execute_chapter(chapter, "tiny")
+    assert book.toc.chapter_worlds(root / "notebooks" / "01_a.md") is None

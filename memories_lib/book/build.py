@@ -141,7 +141,11 @@ def build_book(
     overrides = dict(overrides or {})
     plans: list[tuple[Chapter, dict[str, Any]]] = []
     declared_anywhere: set[str] = set()
+    skipped: list[Chapter] = []
     for chapter in chapters(root):
+        if execute.not_applicable(chapter, profile):
+            skipped.append(chapter)  # a placeholder page says why (its front matter's memories.worlds)
+            continue
         declared = notebook_parameters(chapter.source)
         declared_anywhere.update(declared)
         mine = {name: value for name, value in overrides.items() if name in declared}
@@ -156,6 +160,10 @@ def build_book(
     warm_matplotlib()
     mathjax.vendor_mathjax(root)
     prepare_models(profile, progress)
+    for chapter in skipped:
+        if progress:
+            print(f"[memories] {execute.not_applicable(chapter, profile)} A page says so.", file=sys.stderr)
+        execute.write_placeholder(chapter, profile)
     execute_chapters(plans, root, progress)
     statistics.write_statistics_page(root / EXECUTED_DIR, [chapter.name for chapter, _ in plans])
 

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 from ..core.profile import Profile
 from . import statistics, terminal
 from .parameters import as_profile, chapter_parameters
-from .toc import BookError, Chapter, read_notebook
+from .toc import BookError, Chapter, chapter_worlds, front_matter, read_notebook
 
 KERNEL_NAME = "python3"
 
@@ -105,7 +105,41 @@ def execute_chapter(
     else ``out_dir/NAME.ipynb``, else ``<root>/_executed/NAME.ipynb``; it is written even when
     a cell fails, and the BookError names the notebook and the failing cell.
     """
+    reason = not_applicable(chapter, profile)
+    if reason:
+        raise BookError(reason)
     parameters = chapter_parameters(chapter, profile, overrides)
     if output is None:
         output = Path(out_dir) / f"{chapter.name}.ipynb" if out_dir is not None else chapter.executed
     return run_notebook(chapter, parameters, Path(output), progress)
+
+
+def not_applicable(chapter: Chapter, profile: str | Profile) -> str | None:
+    """Why ``chapter`` does not run with ``profile`` (its front matter names other world kinds), else None."""
+    worlds = chapter_worlds(chapter.source)
+    kind = as_profile(profile).world.kind
+    if worlds is None or kind in worlds:
+        return None
+    note = (front_matter(chapter.source).get("memories") or {}).get("elsewhere", "")
+    return (f"chapter {chapter.name} runs in a {' or '.join(worlds)} world; profile {as_profile(profile).name!r} "
+            f"opens a {kind} world. {note}").strip()
+
+
+def write_placeholder(chapter: Chapter, profile: str | Profile, output: Path | None = None) -> Path:
+    """An executed copy of a chapter that does not run in the profile's world: its title and why it is not here."""
+    import nbformat
+
+    title = next((line for line in chapter.source.read_text(encoding="utf-8").splitlines() if line.startswith("# ")),
+                 f"# {chapter.name}")
+    worlds = chapter_worlds(chapter.source) or ()
+    note = (front_matter(chapter.source).get("memories") or {}).get("elsewhere", "")
+    kind = as_profile(profile).world.kind
+    text = (f"{title}\n\nThis chapter runs in a {' or '.join(worlds)} world, and this book was built in a {kind} "
+            f"world, so it was not executed. {note}").strip()
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells.append(nbformat.v4.new_markdown_cell(text))
+    notebook.metadata["memories"] = {"placeholder": True, "world": kind}
+    output = output or chapter.executed
+    output.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(notebook, str(output))
+    return output

@@ -50,6 +50,18 @@ def front_matter(source: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def chapter_worlds(source: Path) -> tuple[str, ...] | None:
+    """The world kinds a chapter runs in (front matter ``memories: {worlds: [shapes]}``); None: every world."""
+    worlds = (front_matter(source).get("memories") or {}).get("worlds")
+    if worlds is None:
+        return None
+    if isinstance(worlds, str):
+        worlds = [worlds]
+    if not isinstance(worlds, list) or not worlds or not all(isinstance(w, str) for w in worlds):
+        raise BookError(f"{source}: memories.worlds must be a list of world kinds, got {worlds!r}")
+    return tuple(worlds)
+
+
 def find_root(start: str | Path | None = None) -> Path:
     """The book root: the first of ``start`` (default: the working directory) and its parents holding ``_toc.yml``."""
     here = Path(start or Path.cwd()).resolve()

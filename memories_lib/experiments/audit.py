@@ -44,6 +44,15 @@ import numpy as np
 import torch
 
 from ..core import distributed, metrics, throughput
+from ..core.captions import (
+    CAPTION_COLUMNS,
+    CAPTIONS_FILE,
+    IMAGE_SUFFIXES,
+    CaptionsError,
+    image_files,
+    match_captions,
+    read_captions,
+)
 from ..core.images import ImageSet, load_image, load_images, seeded_choice
 from ..core.models import LDM, ModelLoadError, load_ldm
 from ..core.progress import tqdm
@@ -54,12 +63,6 @@ from .concept_memory import SetInversion, invert_set, regeneration_scores, stack
 
 #: Bump when the report's JSON changes meaning.
 AUDIT_VERSION = 1
-
-#: Suffixes of the image files of a folder.
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-#: A folder's captions file (the Hugging Face ImageFolder layout) and its columns.
-CAPTIONS_FILE = "metadata.csv"
-CAPTION_COLUMNS = ("file_name", "text")
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -91,32 +94,6 @@ class ImageFolder:
                            tuple(self.captions[i] for i in indices), self.captions_file)
 
 
-def _shorten(items: Sequence[str], limit: int = 4) -> str:
-    shown = ", ".join(items[:limit])
-    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
-
-
-def read_captions(path: Path) -> dict[str, str]:
-    """file_name -> text from a captions CSV (columns ``file_name,text``)."""
-    if not path.is_file():
-        raise AuditError(f"captions file {path} does not exist")
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in CAPTION_COLUMNS if c not in (reader.fieldnames or ())]
-        if missing:
-            raise AuditError(f"captions file {path} has no column(s) {missing} (it has {reader.fieldnames}); "
-                             f"give one row per image: {','.join(CAPTION_COLUMNS)}")
-        captions: dict[str, str] = {}
-        for line, record in enumerate(reader, start=2):
-            name = (record["file_name"] or "").strip()
-            if not name:
-                raise AuditError(f"{path}, line {line}: file_name is empty")
-            if name in captions:
-                raise AuditError(f"{path} lists {name} twice")
-            captions[name] = (record["text"] or "").strip()
-    return captions
-
-
 def read_folder(folder: str | Path, what: str, captions: str | Path | None = None) -> ImageFolder:
     """The images of ``folder`` with their captions (from ``captions``, else the folder's metadata.csv, else none).
 
@@ -126,26 +103,21 @@ def read_folder(folder: str | Path, what: str, captions: str | Path | None = Non
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise AuditError(f"the {what} folder {folder} does not exist (or is not a folder)")
-    files = sorted((p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                    and not any(part.startswith(".") for part in p.relative_to(folder).parts)),
-                   key=lambda p: p.relative_to(folder).as_posix())
-    if not files:
+    names = image_files(folder)
+    if not names:
         raise AuditError(f"the {what} folder {folder} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
-    names = [p.relative_to(folder).as_posix() for p in files]
+    files = tuple(folder / name for name in names)
     captions_file = Path(captions).expanduser() if captions else folder / CAPTIONS_FILE
     if not captions_file.is_file():
         if captions:
             raise AuditError(f"captions file {captions_file} does not exist")
-        return ImageFolder(folder, tuple(files), ("",) * len(files), None)
-    table = read_captions(captions_file)
-    absent = sorted(set(table) - set(names))
-    if absent:
-        raise AuditError(f"{captions_file} lists image(s) that are not in {folder}: {_shorten(absent)}")
-    uncaptioned = [n for n in names if n not in table]
-    if uncaptioned:
-        raise AuditError(f"image(s) of {folder} have no caption in {captions_file}: {_shorten(uncaptioned)}; "
-                         "add a row file_name,text for each (or move them out of the folder)")
-    return ImageFolder(folder, tuple(files), tuple(table[n] for n in names), captions_file)
+        return ImageFolder(folder, files, ("",) * len(files), None)
+    try:
+        table = read_captions(captions_file, require_text=False)
+        match_captions(folder, names, table, captions_file)
+    except CaptionsError as err:
+        raise AuditError(str(err)) from None
+    return ImageFolder(folder, files, tuple(table[n] for n in names), captions_file)
 
 
 def check_images(images: ImageFolder, progress: bool = True) -> None:

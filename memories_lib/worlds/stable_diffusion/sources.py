@@ -12,15 +12,16 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ...core.captions import (
+    CAPTION_COLUMNS,
+    CAPTIONS_FILE,
+    CaptionsError,
+    image_files,
+    match_captions,
+    read_captions,
+)
 from ...core.models import SUBFOLDERS
 from ..base import WorldError, require_file
-
-#: Suffixes of the image files of a captioned folder.
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-
-#: The captions file of a folder (the Hugging Face ImageFolder layout) and its columns.
-CAPTIONS_FILE = "metadata.csv"
-CAPTION_COLUMNS = ("file_name", "text")
 
 #: The columns a prompt CSV must have (the UnlearnDiffAtk layout).
 PROMPT_COLUMNS = ("prompt", "evaluation_seed")
@@ -125,30 +126,11 @@ def read_caption_folder(value: str, concept: str) -> tuple[CaptionedFile, ...]:
     captions_file = require_file(folder / CAPTIONS_FILE, f"captions file of concept {concept!r}",
                                  f"Put a CSV there with the columns {','.join(CAPTION_COLUMNS)}: one row per image "
                                  f"of {folder}, file_name relative to it")
-    with open(captions_file, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in CAPTION_COLUMNS if c not in (reader.fieldnames or ())]
-        if missing:
-            raise WorldError(f"captions file {captions_file} has no column(s) {missing}; "
-                             f"its columns are {reader.fieldnames}")
-        captions: dict[str, str] = {}
-        for index, record in enumerate(reader):
-            name, text = (record["file_name"] or "").strip(), (record["text"] or "").strip()
-            if not name or not text:
-                raise WorldError(f"{captions_file}, line {index + 2}: file_name and text must not be empty")
-            if name in captions:
-                raise WorldError(f"{captions_file} lists {name} twice")
-            captions[name] = text
-    absent = sorted(name for name in captions if not (folder / name).is_file())
-    if absent:
-        raise WorldError(f"{captions_file} lists image(s) that are not in {folder}: {_shorten(absent)}; "
-                         "put them there or remove their rows")
-    on_disk = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
-                     if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    uncaptioned = [name for name in on_disk if name not in captions]
-    if uncaptioned:
-        raise WorldError(f"image(s) of {folder} have no caption in {captions_file}: {_shorten(uncaptioned)}; "
-                         "add a row file_name,text for each (or move them out of the folder)")
+    try:
+        captions = read_captions(captions_file)
+        match_captions(folder, image_files(folder), captions, captions_file)
+    except CaptionsError as err:
+        raise WorldError(str(err)) from None
     if not captions:
         raise WorldError(f"captions file {captions_file} lists no images")
     return tuple(CaptionedFile(folder / name, captions[name]) for name in sorted(captions))

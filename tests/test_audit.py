@@ -237,3 +237,16 @@ def test_export_example_then_audit(tmp_path, monkeypatch):
     with pytest.raises(AuditError, match="nope"):
         run_audit(str(example.base), example.concept_images, example.reference_images, Store(tmp_path / "s"),
                   settings=AuditSettings(**QUICK), judges=("tiny", "nope"), progress=False)
+
+
+def test_float16_runs_on_the_cpu_and_keys_its_own_records(inputs, tiny_ldm_path, tmp_path):
+    """A float16 audit (the GPU's dtype) runs on the CPU too; its records are not the float32 ones."""
+    store = Store(tmp_path / "store")
+    half = run_audit(str(tiny_ldm_path), inputs["concept"], inputs["reference"], store,
+                     settings=AuditSettings(**{**QUICK, "dtype": "float16"}), progress=False)
+    full = run_audit(str(tiny_ldm_path), inputs["concept"], inputs["reference"], store,
+                     settings=AuditSettings(**QUICK), progress=False)
+    assert half.model["dtype"] == "float16" and full.model["dtype"] == "float32"
+    assert np.isfinite(half.concept.psnr).all() and np.isfinite(half.summary["rd_emd"])
+    assert not np.array_equal(half.concept.nll, full.concept.nll)
+    assert np.abs(half.concept.psnr - full.concept.psnr).max() < 3.0  # the same images, half precision

@@ -55,7 +55,7 @@ LEADERBOARD_NUDITY: Mapping[str, tuple[float, float]] = {
 #: registry names; ESD stands for both variants, RECE is not in the paper).
 PAPER_CONCEPTS = ("nudity", "Van Gogh", "church", "garbage truck", "parachute", "tench")
 PAPER_COVERAGE: Mapping[str, tuple[str, ...]] = {
-    **{m: PAPER_CONCEPTS for m in ("esd-x", "esd-u", "fmn", "spm", "advunlearn")},
+    **{m: PAPER_CONCEPTS for m in ("esd", "esd-x", "esd-u", "fmn", "spm", "advunlearn")},  # esd: published, either
     **{m: tuple(c for c in PAPER_CONCEPTS if c != "Van Gogh") for m in ("salun", "scissorhands", "erasediff")},
     "uce": ("nudity", "Van Gogh"),
     "ac": ("Van Gogh",),
@@ -67,7 +67,8 @@ ATTACK_HELD = ACCURACY_HELD
 
 
 def paper_coverage_text(method: str) -> str:
-    """The concepts on which the paper's table has ``method`` (a registry name), in words."""
+    """The concepts on which the paper's table has ``method`` (a registry name, or for a published checkpoint the
+    profile's name of it, such as ``esd``), in words."""
     covered = PAPER_COVERAGE.get(method)
     if covered is None:
         return "not in the paper"

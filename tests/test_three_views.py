@@ -170,3 +170,16 @@ def test_book_models_must_name_erased_models(tmp_path):
     del raw["book_models"]
     path.write_text(yaml.safe_dump(raw))
     assert load_profile(path).book_models is None
+
+
+def test_a_published_checkpoint_is_found_in_the_papers_table_by_its_profile_name():
+    from types import SimpleNamespace
+
+    from memories_lib.experiments.three_views import model_coverage_text
+
+    entries = {"esd": SimpleNamespace(method="checkpoint"), "mine": SimpleNamespace(method="checkpoint"),
+               "uce": SimpleNamespace(method="uce")}
+    world = SimpleNamespace(profile=SimpleNamespace(name="p", erased_models=entries))
+    assert model_coverage_text(world, "esd") == "all six concepts"
+    assert model_coverage_text(world, "mine") == "not in the paper"
+    assert model_coverage_text(world, "uce") == "nudity, Van Gogh"

@@ -32,7 +32,7 @@ from ..core.judging import judged_generations_many
 from ..core.models import LDM, encode_images
 from ..core.store import Store, default_store, hash_tensor
 from ..worlds.base import World
-from .models import VANILLA
+from .models import VANILLA, spec_of
 from .verdict import ACCURACY_HELD, PSNR_TOLERANCE_DB
 
 #: Bump when the attack record changes.
@@ -73,6 +73,13 @@ def paper_coverage_text(method: str) -> str:
     if covered is None:
         return "not in the paper"
     return "all six concepts" if len(covered) == len(PAPER_CONCEPTS) else ", ".join(covered)
+
+
+def model_coverage_text(world: World, name: str) -> str:
+    """:func:`paper_coverage_text` of the profile's erased model ``name``: by its method, or for a published
+    checkpoint (whose method is ``checkpoint``) by the profile's name of it, such as ``esd``."""
+    method = spec_of(world, name).method
+    return paper_coverage_text(name if method == "checkpoint" else method)
 
 
 @dataclass(frozen=True)

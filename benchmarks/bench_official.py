@@ -15,7 +15,7 @@
     fast, within timing noise: both are the same UNet calls), > 1 for 16.
 
 ``python -m benchmarks.run official -- [--model tiny|sd14-random|PATH] [--images N] [--steps N]
-[--batch N] [--record]``; ``--record`` appends the results, with the device's name, to
+[--batch N] [--methods ddim renoise] [--no-diffusers] [--models-dir DIR] [--record]``; ``--record`` appends the results, with the device's name, to
 ``benchmarks/RESULTS.md``.
 """
 
@@ -74,11 +74,16 @@ def build_sd14_random(path: Path) -> Path:
 
 
 def model_path(name: str, folder: Path) -> tuple[Path, str]:
-    if name == "tiny":
-        return build_tiny_ldm(folder / "tiny", seed=0, image_size=32), "tiny random model (32 x 32)"
-    if name == "sd14-random":
-        return build_sd14_random(folder / "sd14-random"), "SD-1.4-sized random model (512 x 512)"
-    return Path(name), f"model {name}"
+    """The folder of model ``name`` (tiny, sd14-random or a path) and its label; a model already built in ``folder`` is reused."""
+    builders = {"tiny": (lambda p: build_tiny_ldm(p, seed=0, image_size=32), "tiny random model (32 x 32)"),
+                "sd14-random": (build_sd14_random, "SD-1.4-sized random model (512 x 512)")}
+    if name not in builders:
+        return Path(name), f"model {name}"
+    build, label = builders[name]
+    path = folder / name
+    if not (path / "model_index.json").exists():
+        build(path)
+    return path, label
 
 
 def _sync(device: torch.device) -> None:
@@ -143,6 +148,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dtype", default="float16" if cuda else "float32", choices=["float32", "float16"])
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; 0 = torch's default)")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved pairs of (b) (default 5)")
+    parser.add_argument("--no-diffusers", action="store_true", help="skip (b), the comparison with diffusers' loop")
+    parser.add_argument("--models-dir", type=Path, default=None,
+                        help="where built models are kept and reused (default: a new temporary folder)")
     parser.add_argument("--record", action="store_true", help="append the results to benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
     if args.threads > 0:
@@ -150,8 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = "cuda" if cuda else "cpu"
     dtype = {"float32": torch.float32, "float16": torch.float16}[args.dtype]
 
-    folder = Path(tempfile.mkdtemp(prefix="bench-official-"))
-    path, label = model_path(args.model, folder)
+    path, label = model_path(args.model, args.models_dir or Path(tempfile.mkdtemp(prefix="bench-official-")))
     ldm = load_ldm(path, device=device, dtype=dtype)
     dev = ldm.device
     g = torch.Generator().manual_seed(0)
@@ -166,7 +173,8 @@ def main(argv: list[str] | None = None) -> dict:
     for method in args.methods:
         run = lambda batch: lambda: invert(ldm, images, prompts, method=method, num_steps=args.steps,  # noqa: E731
                                            batch_size=batch, progress=False)
-        run(args.batch)()  # warm-up (kernels, allocator)
+        invert(ldm, images, prompts, method=method, num_steps=2, batch_size=args.batch,  # warm-up: kernels, allocator
+               progress=False)
         batched_s, batched_mem = timed(run(args.batch), dev)
         single_s, single_mem = timed(run(1), dev)
         official_s, official_mem = timed(
@@ -189,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"speedup {speedup:.1f}x {line}{mem}")
 
     # (b) against a DDIM inversion written with diffusers' DDIMInverseScheduler.
-    for count, key in ((1, "diffusers_one"), (min(MANY, args.images), "diffusers_many")):
+    for count, key in () if args.no_diffusers else ((1, "diffusers_one"), (min(MANY, args.images), "diffusers_many")):
         x, p = images[:count], prompts[:count]
         ours = lambda: invert(ldm, x, p, method="ddim", num_steps=args.steps, regenerate=False,  # noqa: E731
                               batch_size=args.batch, progress=False)
@@ -209,13 +217,11 @@ def main(argv: list[str] | None = None) -> dict:
 
 def record(result: dict) -> None:
     """Append one run to RESULTS.md (a table row per method, with the device's name and the date)."""
-    lines = [] if RESULTS.exists() else ["# Benchmark results", "",
-                                         "Appended by `python -m benchmarks.run official -- --record`.", ""]
     day = datetime.date.today().isoformat()
-    lines += [f"## official: {result['model']} on {result['device']}, {result['dtype']}, {result['images']} images, "
-              f"{result['steps']} steps ({day})", "",
-              "| method | batched images/s | one at a time | official loop | speedup | peak GPU GiB (batched / one / official) |",
-              "|---|---|---|---|---|---|"]
+    lines = [f"## official: {result['model']} on {result['device']}, {result['dtype']}, {result['images']} images, "
+             f"{result['steps']} steps ({day})", "",
+             "| method | batched images/s | one at a time | official loop | speedup | peak GPU GiB (batched / one / official) |",
+             "|---|---|---|---|---|---|"]
     for method, r in result.items():
         if isinstance(r, dict) and "official_speedup" in r:
             mem = r["peak_gpu_bytes"]
@@ -223,10 +229,19 @@ def record(result: dict) -> None:
                          f"{r['official_loop_images_per_s']:.3f} | {r['official_speedup']:.1f}x | "
                          f"{mem['batched'] / 2**30:.2f} / {mem['one_at_a_time'] / 2**30:.2f} / "
                          f"{mem['official_loop'] / 2**30:.2f} |")
-    lines += ["", f"diffusers' DDIMInverseScheduler loop / ours: {result['diffusers_one']:.2f} for 1 image, "
-              f"{result['diffusers_many']:.2f} for {min(MANY, result['images'])}.", ""]
+    if "diffusers_one" in result:
+        lines += ["", f"diffusers' DDIMInverseScheduler loop / ours: {result['diffusers_one']:.2f} for 1 image, "
+                  f"{result['diffusers_many']:.2f} for {min(MANY, result['images'])}."]
+    append_results(lines)
+
+
+def append_results(lines: list[str]) -> None:
+    """Append a section to RESULTS.md (written with its heading when it does not exist yet)."""
+    head = [] if RESULTS.exists() else ["# Benchmark results", "",
+                                        "Appended by `python -m benchmarks.run NAME -- --record` (NAME: official, "
+                                        "precision), with the device's name and the date.", ""]
     with open(RESULTS, "a", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
+        f.write("\n".join(head + lines + [""]) + "\n")
 
 
 if __name__ == "__main__":

@@ -250,3 +250,19 @@ def test_float16_runs_on_the_cpu_and_keys_its_own_records(inputs, tiny_ldm_path,
     assert np.isfinite(half.concept.psnr).all() and np.isfinite(half.summary["rd_emd"])
     assert not np.array_equal(half.concept.nll, full.concept.nll)
     assert np.abs(half.concept.psnr - full.concept.psnr).max() < 3.0  # the same images, half precision
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_audit_on_cuda_matches_the_cpu(inputs, tiny_ldm_path, tmp_path, dtype):
+    """On a GPU the audit's records are its own (device and dtype in the key) and its numbers are the CPU's."""
+    store = Store(tmp_path / "store")
+    cpu = run_audit(str(tiny_ldm_path), inputs["concept"], inputs["reference"], store,
+                    settings=AuditSettings(**QUICK), progress=False)
+    gpu = run_audit(str(tiny_ldm_path), inputs["concept"], inputs["reference"], store,
+                    settings=AuditSettings(**{**QUICK, "device": "cuda", "dtype": dtype}), progress=False)
+    assert gpu.model["device"].startswith("cuda") and gpu.model["dtype"] == dtype
+    assert not np.array_equal(gpu.concept.nll, cpu.concept.nll)  # computed, not read from the CPU's records
+    tolerance = 0.05 if dtype == "float32" else 1.0
+    assert np.abs(gpu.concept.psnr - cpu.concept.psnr).max() < tolerance
+    assert np.abs(gpu.concept.nll - cpu.concept.nll).max() / np.abs(cpu.concept.nll).max() < tolerance / 10

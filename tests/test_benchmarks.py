@@ -47,3 +47,38 @@ def test_diffusers_inverse_scheduler_loop_inverts(ldm):
     assert theirs.shape == ours.shape
     cos = torch.nn.functional.cosine_similarity(theirs.flatten(1), ours.flatten(1)).min()
     assert cos > 0.9, float(cos)
+
+
+def test_precision_benchmark_compares_each_half_dtype_with_float32(tmp_path, capsys):
+    """Every (method, dtype) gets the seed, norm and PSNR comparison and a verdict; the built model is reused."""
+    from benchmarks import bench_precision
+
+    argv = ["--model", "tiny", "--images", "2", "--steps", "3", "--methods", "ddim", "--models-dir", str(tmp_path)]
+    result = bench_precision.main(argv)
+    r = result["methods"]["ddim"]["bfloat16"]
+    assert set(result["methods"]["ddim"]) == {"float16", "bfloat16"}
+    assert 0 < r["seed_relative_difference"] < 1 and math.isfinite(r["psnr_change_db"]) and r["diverged_half"] == 0
+    assert r["safe"] == (abs(r["psnr_change_db"]) <= bench_precision.PSNR_TOLERANCE_DB
+                         and abs(r["norm_per_entry_change"]) <= bench_precision.NORM_TOLERANCE
+                         and r["diverged_half"] <= r["diverged_float32"])
+    built = (tmp_path / "tiny" / "model_index.json").stat().st_mtime_ns
+    bench_precision.main(argv + ["--dtypes", "float16"])
+    assert (tmp_path / "tiny" / "model_index.json").stat().st_mtime_ns == built  # reused, not rebuilt
+    line = next(l for l in capsys.readouterr().out.splitlines() if "ddim bfloat16" in l)
+    assert line.endswith(": safe" if r["safe"] else ": NOT safe")
+
+
+def test_results_are_appended_with_the_device_named(tmp_path, monkeypatch):
+    """--record writes RESULTS.md with its heading once, then appends a section per run, naming the device."""
+    from benchmarks import bench_official, bench_precision
+
+    monkeypatch.setattr(bench_official, "RESULTS", tmp_path / "RESULTS.md")
+    bench_official.main(["--model", "tiny", "--images", "2", "--steps", "2", "--methods", "ddim", "--no-diffusers",
+                         "--models-dir", str(tmp_path), "--record"])
+    bench_precision.main(["--model", "tiny", "--images", "2", "--steps", "2", "--methods", "ddim", "--dtypes",
+                          "float16", "--models-dir", str(tmp_path), "--record"])
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert text.count("# Benchmark results") == 1
+    assert "## official: tiny random model (32 x 32) on " in text and "| ddim | " in text
+    assert "## precision: tiny random model (32 x 32) on " in text and "| ddim | float16 | " in text
+    assert "DDIMInverseScheduler" not in text  # (b) was skipped

@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50, the paper's)")
     parser.add_argument("--methods", nargs="+", default=["ddim", "renoise"])
     parser.add_argument("--dtype", default="float16" if cuda else "float32", choices=["float32", "float16"])
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; 0 = torch's default)")
+    parser.add_argument("--threads", type=int, default=0 if cuda else 1,
+                        help="torch CPU threads (default: 1 on a CPU; on a GPU 0, torch's default, which loads models faster)")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved pairs of (b) (default 5)")
     parser.add_argument("--no-diffusers", action="store_true", help="skip (b), the comparison with diffusers' loop")
     parser.add_argument("--models-dir", type=Path, default=None,

@@ -117,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the intervals (default: 1000)")
     audit.add_argument("--batch-size", type=int, default=None, help="images per UNet call (default: what memory allows)")
     audit.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: the GPU when present)")
-    audit.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    audit.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+                       help="auto (default): float16 on a GPU for ddim and renoise (measured: benchmarks/RESULTS.md), "
+                            "else float32")
     audit.add_argument("--judges", nargs=2, default=None, metavar=("PROFILE", "CONCEPT"),
                        help="score the regenerations with this profile's detector and similarity model for CONCEPT")
     audit.add_argument("--out", default="audit", help="the report's folder (default: ./audit)")

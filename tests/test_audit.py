@@ -266,3 +266,15 @@ def test_audit_on_cuda_matches_the_cpu(inputs, tiny_ldm_path, tmp_path, dtype):
     tolerance = 0.05 if dtype == "float32" else 1.0
     assert np.abs(gpu.concept.psnr - cpu.concept.psnr).max() < tolerance
     assert np.abs(gpu.concept.nll - cpu.concept.nll).max() / np.abs(cpu.concept.nll).max() < tolerance / 10
+
+
+def test_auto_dtype_is_float16_only_on_a_gpu_for_inversions_measured_safe_in_it():
+    from memories_lib.experiments.audit import resolve_dtype
+    from memories_lib.inversion.api import METHODS
+
+    for method in METHODS:
+        settings = AuditSettings(**{**QUICK, "inversion": method})
+        assert resolve_dtype(settings, "cpu") == "float32"
+        assert resolve_dtype(settings, "cuda:0") == ("float16" if method in ("ddim", "renoise") else "float32")
+    assert resolve_dtype(AuditSettings(**{**QUICK, "dtype": "bfloat16"}), "cuda") == "bfloat16"
+    assert resolve_dtype(AuditSettings(**{**QUICK, "dtype": "float32"}), "cuda") == "float32"

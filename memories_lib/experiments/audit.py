@@ -176,7 +176,7 @@ class AuditSettings:
     official_draws: int = 1000
     batch_size: int | None = None  # images per UNet call (None: the throughput rule)
     device: str = "auto"          # auto: the launcher's device for this process, else cuda when present, else cpu
-    dtype: str = "float32"
+    dtype: str = "auto"           # auto: float16 on a GPU for an inversion measured safe in it, else float32
     triplets: int = 6
 
     def __post_init__(self) -> None:
@@ -195,12 +195,21 @@ class AuditSettings:
         whole("official_draws", 10)
         whole("batch_size", 1, optional=True)
         whole("triplets", 0)
-        if self.dtype not in DTYPES:
-            raise AuditError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise AuditError(f"dtype must be auto or one of {list(DTYPES)}, got {self.dtype!r}")
         try:
             inversion.resolve(self.inversion, self.num_steps)
         except (KeyError, ValueError) as err:
             raise AuditError(str(err).strip("'\"")) from None
+
+
+def resolve_dtype(settings: AuditSettings, device: str) -> str:
+    """The dtype the audit runs in: ``settings.dtype``, or for ``auto`` float16 on a GPU when the inversion
+    is measured to give float32's results in it (``InversionMethod.half_precision``), else float32."""
+    if settings.dtype != "auto":
+        return settings.dtype
+    half = device.startswith("cuda") and inversion.get_method(settings.inversion).half_precision
+    return "float16" if half else "float32"
 
 
 @dataclass(frozen=True)
@@ -284,7 +293,7 @@ def run_audit(
     if device == "auto":
         device = procs.device if procs.count > 1 else ("cuda" if torch.cuda.is_available() else "cpu")
 
-    ldm = load_model(model, unet_checkpoint, text_encoder, device=device, dtype=settings.dtype)
+    ldm = load_model(model, unet_checkpoint, text_encoder, device=device, dtype=resolve_dtype(settings, device))
     size = ldm.image_size
     shown = progress and procs.is_main
     sets = {"E": image_set(e_folder, "E", size, shown), "R": image_set(r_folder, "R", size, shown)}

@@ -85,6 +85,8 @@ class InversionMethod:
         (``generators``: one per image, after the posterior sample, or None when ``resolved["seed"]`` is None)
     reconstruct(ldm, inverted, cond_embeds, *, progress) -> z_0 (B, C, h, w), as the method regenerates
     options: the names and defaults of the keyword options the method accepts.
+    half_precision: measured to give float32's results in float16 on a GPU (``benchmarks/bench_precision.py``,
+        its numbers in ``benchmarks/RESULTS.md``): what ``dtype="auto"`` of an audit runs in float16.
     """
 
     name: str
@@ -93,6 +95,7 @@ class InversionMethod:
     reconstruct: Callable[..., torch.Tensor]
     options: dict[str, Any]
     description: str
+    half_precision: bool = False
 
 
 # --------------------------------------------------------------------------- adapters
@@ -241,6 +244,7 @@ def _registry() -> dict[str, InversionMethod]:
         "ddim": InversionMethod(
             "ddim", _ddim_resolve, _ddim_invert, _ddim_reconstruct, dict(_DDIM_OPTIONS),
             "DDIM inversion with the caption (guidance 0 = conditional only), DDIM reconstruction at guidance 1",
+            half_precision=True,
         ),
         "renoise": InversionMethod(
             "renoise", _renoise_resolver("renoise", renoise), _renoise_invert, _renoise_reconstruct,
@@ -248,6 +252,7 @@ def _registry() -> dict[str, InversionMethod]:
             "ReNoise as the official Memories run: 5 renoise iterations per DDIM step, ReNoise's noise "
             "regularisation (4 rounds, KL target eps(z_0, t), acting below t = 250), z_0 a VAE posterior "
             "sample with seed 42 per image; reconstruction at guidance 1",
+            half_precision=True,
         ),
         "renoise-plain": InversionMethod(
             "renoise-plain", _renoise_resolver("renoise-plain", plain), _renoise_invert, _renoise_reconstruct,

@@ -15,7 +15,7 @@
     fast, within timing noise: both are the same UNet calls), > 1 for 16.
 
 ``python -m benchmarks.run official -- [--model tiny|sd14-random|PATH] [--images N] [--steps N]
-[--batch N] [--methods ddim renoise] [--no-diffusers] [--models-dir DIR] [--record]``; ``--record`` appends the results, with the device's name, to
+[--batch N] [--methods ddim renoise] [--loop-images K] [--no-diffusers] [--models-dir DIR] [--record]``; ``--record`` appends the results, with the device's name, to
 ``benchmarks/RESULTS.md``.
 """
 
@@ -149,11 +149,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=0 if cuda else 1,
                         help="torch CPU threads (default: 1 on a CPU; on a GPU 0, torch's default, which loads models faster)")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved pairs of (b) (default 5)")
+    parser.add_argument("--loop-images", type=int, default=None,
+                        help="images timed in the one-image-at-a-time loops (default: all): their cost per image does "
+                             "not depend on how many there are, so a few give their rate at a fraction of the time")
     parser.add_argument("--no-diffusers", action="store_true", help="skip (b), the comparison with diffusers' loop")
     parser.add_argument("--models-dir", type=Path, default=None,
                         help="where built models are kept and reused (default: a new temporary folder)")
     parser.add_argument("--record", action="store_true", help="append the results to benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
+    if args.loop_images is not None and args.loop_images < 1:
+        parser.error(f"--loop-images must be at least 1, got {args.loop_images}")
+    loop = min(args.loop_images or args.images, args.images)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = "cuda" if cuda else "cpu"
@@ -166,24 +172,25 @@ def main(argv: list[str] | None = None) -> dict:
     images = torch.rand(args.images, 3, ldm.image_size, ldm.image_size, generator=g)
     prompts = ["a photo of a church"] * args.images
     name = torch.cuda.get_device_name(dev) if cuda else (platform.processor() or platform.machine())
-    print(f"{label} on {name} ({device}, {args.dtype}), {args.images} images, {args.steps} steps, "
-          f"{torch.get_num_threads()} CPU thread(s)")
+    print(f"{label} on {name} ({device}, {args.dtype}), {args.images} images ({loop} in the one-image loops), "
+          f"{args.steps} steps, {torch.get_num_threads()} CPU thread(s)")
 
-    result: dict = {"device": name, "model": label, "images": args.images, "steps": args.steps, "dtype": args.dtype}
+    result: dict = {"device": name, "model": label, "images": args.images, "loop_images": loop, "steps": args.steps,
+                    "dtype": args.dtype}
     passed = {}
     for method in args.methods:
-        run = lambda batch: lambda: invert(ldm, images, prompts, method=method, num_steps=args.steps,  # noqa: E731
-                                           batch_size=batch, progress=False)
+        run = lambda n, batch: lambda: invert(ldm, images[:n], prompts[:n], method=method,  # noqa: E731
+                                              num_steps=args.steps, batch_size=batch, progress=False)
         invert(ldm, images, prompts, method=method, num_steps=2, batch_size=args.batch,  # warm-up: kernels, allocator
                progress=False)
-        batched_s, batched_mem = timed(run(args.batch), dev)
-        single_s, single_mem = timed(run(1), dev)
+        batched_s, batched_mem = timed(run(args.images, args.batch), dev)
+        single_s, single_mem = timed(run(loop, 1), dev)
         official_s, official_mem = timed(
-            lambda: official_loop(path, images, prompts, method, args.steps, device, dtype), dev)
-        speedup = official_s / batched_s
-        result[method] = {"batched_images_per_s": args.images / batched_s,
-                          "one_at_a_time_images_per_s": args.images / single_s,
-                          "official_loop_images_per_s": args.images / official_s, "official_speedup": speedup,
+            lambda: official_loop(path, images[:loop], prompts[:loop], method, args.steps, device, dtype), dev)
+        rates = {"batched_images_per_s": args.images / batched_s, "one_at_a_time_images_per_s": loop / single_s,
+                 "official_loop_images_per_s": loop / official_s}
+        speedup = rates["batched_images_per_s"] / rates["official_loop_images_per_s"]
+        result[method] = {**rates, "official_speedup": speedup,
                           "peak_gpu_bytes": {"batched": batched_mem, "one_at_a_time": single_mem,
                                              "official_loop": official_mem}}
         line, ok = verdict("official_speedup", speedup)
@@ -193,8 +200,8 @@ def main(argv: list[str] | None = None) -> dict:
             line = "(no goal on a CPU)"
         mem = (f"; peak GPU memory {batched_mem / 2**30:.2f} / {single_mem / 2**30:.2f} / "
                f"{official_mem / 2**30:.2f} GiB" if cuda else "")
-        print(f"  (a) {method}: images/s batched {args.images / batched_s:.3f}, one at a time "
-              f"{args.images / single_s:.3f}, official loop {args.images / official_s:.3f}; "
+        print(f"  (a) {method}: images/s batched {rates['batched_images_per_s']:.3f}, one at a time "
+              f"{rates['one_at_a_time_images_per_s']:.3f}, official loop {rates['official_loop_images_per_s']:.3f}; "
               f"speedup {speedup:.1f}x {line}{mem}")
 
     # (b) against a DDIM inversion written with diffusers' DDIMInverseScheduler.
@@ -219,8 +226,9 @@ def main(argv: list[str] | None = None) -> dict:
 def record(result: dict) -> None:
     """Append one run to RESULTS.md (a table row per method, with the device's name and the date)."""
     day = datetime.date.today().isoformat()
-    lines = [f"## official: {result['model']} on {result['device']}, {result['dtype']}, {result['images']} images, "
-             f"{result['steps']} steps ({day})", "",
+    loops = "" if result["loop_images"] == result["images"] else f" ({result['loop_images']} in the one-image loops)"
+    lines = [f"## official: {result['model']} on {result['device']}, {result['dtype']}, {result['images']} images"
+             f"{loops}, {result['steps']} steps ({day})", "",
              "| method | batched images/s | one at a time | official loop | speedup | peak GPU GiB (batched / one / official) |",
              "|---|---|---|---|---|---|"]
     for method, r in result.items():

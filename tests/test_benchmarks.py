@@ -73,12 +73,15 @@ def test_results_are_appended_with_the_device_named(tmp_path, monkeypatch):
     from benchmarks import bench_official, bench_precision
 
     monkeypatch.setattr(bench_official, "RESULTS", tmp_path / "RESULTS.md")
-    bench_official.main(["--model", "tiny", "--images", "2", "--steps", "2", "--methods", "ddim", "--no-diffusers",
-                         "--models-dir", str(tmp_path), "--record"])
+    result = bench_official.main(["--model", "tiny", "--images", "2", "--loop-images", "1", "--steps", "2",
+                                  "--methods", "ddim", "--no-diffusers", "--models-dir", str(tmp_path), "--record"])
+    rates = result["ddim"]
+    assert rates["official_speedup"] == rates["batched_images_per_s"] / rates["official_loop_images_per_s"]
     bench_precision.main(["--model", "tiny", "--images", "2", "--steps", "2", "--methods", "ddim", "--dtypes",
                           "float16", "--models-dir", str(tmp_path), "--record"])
     text = (tmp_path / "RESULTS.md").read_text()
     assert text.count("# Benchmark results") == 1
     assert "## official: tiny random model (32 x 32) on " in text and "| ddim | " in text
+    assert "2 images (1 in the one-image loops)" in text
     assert "## precision: tiny random model (32 x 32) on " in text and "| ddim | float16 | " in text
     assert "DDIMInverseScheduler" not in text  # (b) was skipped

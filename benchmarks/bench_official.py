@@ -23,67 +23,21 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from memories_lib.core.models import LDM, build_tiny_ldm, encode_images, encode_prompts, load_ldm, save_ldm
+from benchmarks.common import add_model_arguments, append_results, setup
+from memories_lib.core.models import LDM, encode_images, encode_prompts, load_ldm
 from memories_lib.inversion import invert
 
 #: diffusers_one: "at least as fast", within the 5% that two timings of the same work differ by here (both
 #: loops spend over 97% of their time in the same UNet calls: cProfile of 50 steps on the tiny model).
 GOALS = {"official_speedup": (">=", 10.0), "diffusers_one": (">=", 0.95), "diffusers_many": (">", 1.0)}
-RESULTS = Path(__file__).with_name("RESULTS.md")
 MANY = 16
-
-
-def build_sd14_random(path: Path) -> Path:
-    """Random weights in Stable Diffusion 1.4's shapes (UNet, VAE, CLIP ViT-L/14 text encoder), saved at ``path``.
-
-    The tokenizer is the project's word tokenizer padded to 77 tokens (no CLIP vocabulary offline);
-    timings do not depend on the weights or the vocabulary.
-    """
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from memories_lib.core.models import TINY_WORDS
-    from memories_lib.core.tokenizer import SPECIAL_TOKENS, build_word_tokenizer
-
-    torch.manual_seed(0)
-    tokenizer = build_word_tokenizer(TINY_WORDS, max_length=77)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-        max_position_embeddings=77, hidden_act="quick_gelu", pad_token_id=SPECIAL_TOKENS["<pad>"],
-        bos_token_id=SPECIAL_TOKENS["<bos>"], eos_token_id=SPECIAL_TOKENS["<eos>"]))
-    unet = UNet2DConditionModel(
-        sample_size=64, in_channels=4, out_channels=4, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=768, attention_head_dim=8)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-        latent_channels=4, sample_size=512)
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1)
-    return save_ldm(path, vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
-
-
-def model_path(name: str, folder: Path) -> tuple[Path, str]:
-    """The folder of model ``name`` (tiny, sd14-random or a path) and its label; a model already built in ``folder`` is reused."""
-    builders = {"tiny": (lambda p: build_tiny_ldm(p, seed=0, image_size=32), "tiny random model (32 x 32)"),
-                "sd14-random": (build_sd14_random, "SD-1.4-sized random model (512 x 512)")}
-    if name not in builders:
-        return Path(name), f"model {name}"
-    build, label = builders[name]
-    path = folder / name
-    if not (path / "model_index.json").exists():
-        build(path)
-    return path, label
 
 
 def _sync(device: torch.device) -> None:
@@ -139,39 +93,29 @@ def verdict(name: str, value: float) -> tuple[str, bool]:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="benchmarks.run official", description=__doc__.splitlines()[0])
     cuda = torch.cuda.is_available()
-    parser.add_argument("--model", default="sd14-random" if cuda else "tiny",
-                        help="tiny, sd14-random (random weights in SD 1.4's shapes) or a diffusers folder")
+    add_model_arguments(parser)
     parser.add_argument("--images", type=int, default=MANY, help=f"images of the throughput run (default {MANY})")
     parser.add_argument("--batch", type=int, default=None, help="the project's batch size (default: the throughput rule)")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50, the paper's)")
     parser.add_argument("--methods", nargs="+", default=["ddim", "renoise"])
     parser.add_argument("--dtype", default="float16" if cuda else "float32", choices=["float32", "float16"])
-    parser.add_argument("--threads", type=int, default=0 if cuda else 1,
-                        help="torch CPU threads (default: 1 on a CPU; on a GPU 0, torch's default, which loads models faster)")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved pairs of (b) (default 5)")
     parser.add_argument("--loop-images", type=int, default=None,
                         help="images timed in the one-image-at-a-time loops (default: all): their cost per image does "
                              "not depend on how many there are, so a few give their rate at a fraction of the time")
     parser.add_argument("--no-diffusers", action="store_true", help="skip (b), the comparison with diffusers' loop")
-    parser.add_argument("--models-dir", type=Path, default=None,
-                        help="where built models are kept and reused (default: a new temporary folder)")
-    parser.add_argument("--record", action="store_true", help="append the results to benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
     if args.loop_images is not None and args.loop_images < 1:
         parser.error(f"--loop-images must be at least 1, got {args.loop_images}")
     loop = min(args.loop_images or args.images, args.images)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
     device = "cuda" if cuda else "cpu"
     dtype = {"float32": torch.float32, "float16": torch.float16}[args.dtype]
-
-    path, label = model_path(args.model, args.models_dir or Path(tempfile.mkdtemp(prefix="bench-official-")))
+    path, label, name = setup(args, "bench-official-")
     ldm = load_ldm(path, device=device, dtype=dtype)
     dev = ldm.device
     g = torch.Generator().manual_seed(0)
     images = torch.rand(args.images, 3, ldm.image_size, ldm.image_size, generator=g)
     prompts = ["a photo of a church"] * args.images
-    name = torch.cuda.get_device_name(dev) if cuda else (platform.processor() or platform.machine())
     print(f"{label} on {name} ({device}, {args.dtype}), {args.images} images ({loop} in the one-image loops), "
           f"{args.steps} steps, {torch.get_num_threads()} CPU thread(s)")
 
@@ -242,15 +186,6 @@ def record(result: dict) -> None:
         lines += ["", f"diffusers' DDIMInverseScheduler loop / ours: {result['diffusers_one']:.2f} for 1 image, "
                   f"{result['diffusers_many']:.2f} for {min(MANY, result['images'])}."]
     append_results(lines)
-
-
-def append_results(lines: list[str]) -> None:
-    """Append a section to RESULTS.md (written with its heading when it does not exist yet)."""
-    head = [] if RESULTS.exists() else ["# Benchmark results", "",
-                                        "Appended by `python -m benchmarks.run NAME -- --record` (NAME: official, "
-                                        "precision), with the device's name and the date.", ""]
-    with open(RESULTS, "a", encoding="utf-8") as f:
-        f.write("\n".join(head + lines + [""]) + "\n")
 
 
 if __name__ == "__main__":

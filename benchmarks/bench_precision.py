@@ -25,13 +25,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
-import tempfile
 from pathlib import Path
 
 import torch
 
-from benchmarks.bench_official import append_results, model_path
+from benchmarks.common import add_model_arguments, append_results, setup
 from memories_lib.core.metrics import psnr
 from memories_lib.core.models import load_ldm
 from memories_lib.inversion import invert
@@ -42,14 +40,16 @@ NORM_TOLERANCE = 0.01
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def measure(path: Path, images: torch.Tensor, prompts: list[str], method: str, steps: int, device: str,
-            dtype: torch.dtype, batch: int | None):
-    ldm = load_ldm(path, device=device, dtype=dtype)
-    result = invert(ldm, images, prompts, method=method, num_steps=steps, batch_size=batch, progress=False)
-    del ldm
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
-    return result
+def run_all(ldm, images: torch.Tensor, prompts: list[str], methods: list[str], steps: int, batch: int | None) -> dict:
+    """Every method's inversion and regeneration of the images with one loaded model, by method."""
+    return {m: invert(ldm, images, prompts, method=m, num_steps=steps, batch_size=batch, progress=False)
+            for m in methods}
+
+
+def load(path: Path, device: str, dtype: torch.dtype):
+    if device == "cuda":
+        torch.cuda.empty_cache()  # the previous dtype's model is gone before this one loads
+    return load_ldm(path, device=device, dtype=dtype)
 
 
 def compare(reference, half, images: torch.Tensor) -> dict:
@@ -76,36 +76,29 @@ def compare(reference, half, images: torch.Tensor) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="benchmarks.run precision", description=__doc__.splitlines()[0])
     cuda = torch.cuda.is_available()
-    parser.add_argument("--model", default="sd14-random" if cuda else "tiny",
-                        help="tiny, sd14-random (random weights in SD 1.4's shapes) or a diffusers folder")
+    add_model_arguments(parser)
     parser.add_argument("--images", type=int, default=4, help="images (default 4)")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50, the paper's)")
     parser.add_argument("--methods", nargs="+", default=["ddim", "renoise"])
     parser.add_argument("--dtypes", nargs="+", default=["float16", "bfloat16"], choices=["float16", "bfloat16"])
     parser.add_argument("--batch", type=int, default=None, help="the project's batch size (default: the throughput rule)")
-    parser.add_argument("--threads", type=int, default=0 if cuda else 1,
-                        help="torch CPU threads (default: 1 on a CPU; on a GPU 0, torch's default, which loads models faster)")
-    parser.add_argument("--models-dir", type=Path, default=None,
-                        help="where built models are kept and reused (default: a new temporary folder)")
-    parser.add_argument("--record", action="store_true", help="append the results to benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
     device = "cuda" if cuda else "cpu"
-    path, label = model_path(args.model, args.models_dir or Path(tempfile.mkdtemp(prefix="bench-precision-")))
-    size = load_ldm(path).image_size
+    path, label, name = setup(args, "bench-precision-")
+    ldm = load(path, device, torch.float32)  # each dtype's model is loaded once, for every method
+    size = ldm.image_size
     images, specs = make_dataset(args.images, size=size, seed=0)
     prompts = [caption(s) for s in specs]
-    name = torch.cuda.get_device_name(0) if cuda else (platform.processor() or platform.machine())
     print(f"{label} on {name} ({device}), {args.images} shapes images at {size} x {size}, {args.steps} steps")
 
-    result: dict = {"device": name, "model": label, "images": args.images, "steps": args.steps, "methods": {}}
-    for method in args.methods:
-        reference = measure(path, images, prompts, method, args.steps, device, torch.float32, args.batch)
-        rows = result["methods"][method] = {}
-        for dtype in args.dtypes:
-            half = measure(path, images, prompts, method, args.steps, device, DTYPES[dtype], args.batch)
-            r = rows[dtype] = compare(reference, half, images)
+    result: dict = {"device": name, "model": label, "images": args.images, "steps": args.steps,
+                    "methods": {m: {} for m in args.methods}}
+    reference = run_all(ldm, images, prompts, args.methods, args.steps, args.batch)
+    for dtype in args.dtypes:
+        del ldm
+        ldm = load(path, device, DTYPES[dtype])
+        for method, half in run_all(ldm, images, prompts, args.methods, args.steps, args.batch).items():
+            r = result["methods"][method][dtype] = compare(reference[method], half, images)
             print(f"  {method} {dtype}: seeds differ by {r['seed_relative_difference']:.4f} (relative), "
                   f"||z||^2/d {r['norm_per_entry_float32']:.4f} changes by {100 * r['norm_per_entry_change']:+.2f}%, "
                   f"PSNR {r['psnr_float32']:.2f} -> {r['psnr_half']:.2f} dB ({r['psnr_change_db']:+.2f}), "

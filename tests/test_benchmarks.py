@@ -70,9 +70,9 @@ def test_precision_benchmark_compares_each_half_dtype_with_float32(tmp_path, cap
 
 def test_results_are_appended_with_the_device_named(tmp_path, monkeypatch):
     """--record writes RESULTS.md with its heading once, then appends a section per run, naming the device."""
-    from benchmarks import bench_official, bench_precision
+    from benchmarks import bench_official, bench_precision, common
 
-    monkeypatch.setattr(bench_official, "RESULTS", tmp_path / "RESULTS.md")
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "RESULTS.md")
     result = bench_official.main(["--model", "tiny", "--images", "2", "--loop-images", "1", "--steps", "2",
                                   "--methods", "ddim", "--no-diffusers", "--models-dir", str(tmp_path), "--record"])
     rates = result["ddim"]

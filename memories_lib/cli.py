@@ -155,18 +155,21 @@ def _cmd_book(args: argparse.Namespace) -> int:
     from .book import build_book
 
     index = build_book(args.profile, _overrides(args.parameter), args.root, progress=not args.quiet)
-    print(f"The book is at {index}")
+    if index is not None:  # None: a process of a launched job other than the main one, which builds it
+        print(f"The book is at {index}")
     return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .book import execute_chapter, find_root, resolve_chapter
+    from .core import distributed
 
     root = Path(args.root).resolve() if args.root else find_root()
     chapter = resolve_chapter(root, args.notebook)
     output = execute_chapter(chapter, args.profile, _overrides(args.parameter), output=args.output,
                              progress=not args.quiet)
-    print(f"Executed {chapter.source.name} -> {output}")
+    if distributed.launch().is_main:  # under a launcher, the main process writes the executed copy
+        print(f"Executed {chapter.source.name} -> {output}")
     return 0
 
 

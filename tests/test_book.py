@@ -502,6 +502,34 @@ def test_build_book_prepares_the_models_before_the_first_chapter(root, monkeypat
     assert list((memories_cache / "models").glob("random-ldm-32-*/model_index.json")), "the tiny model was not built"
 
 
+@pytest.mark.parametrize("rank", [0, 1])
+def test_under_a_launcher_every_process_runs_the_chapters_in_order_and_main_builds(root, monkeypatch, rank):
+    """accelerate launch ... memories book: the chapters one at a time in toc order in every process (so their
+    loops are shared), however many cores; main alone prepares the models and builds the book."""
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("MEMORIES_THREADS", "2")  # side by side without a launcher
+    monkeypatch.setattr(book.mathjax, "vendor_mathjax", lambda root: None)
+    monkeypatch.setattr(book.build, "prepare_models", lambda profile, progress: calls.append("models"))
+    monkeypatch.setattr(book.execute, "run_notebook", lambda chapter, *args: calls.append(chapter.name))
+    monkeypatch.setattr(book.statistics, "write_statistics_page", lambda *args: calls.append("statistics"))
+
+    def jupyter_book(*args, **kwargs):
+        calls.append("html")
+        raise BookError("no html here")
+
+    monkeypatch.setattr(book.build.subprocess, "run", jupyter_book)
+    names = [c.name for c in book.chapters(root)]
+    if rank == 0:
+        with pytest.raises(BookError, match="no html"):
+            book.build_book("tiny", {}, root, progress=False)
+        assert calls == ["models", *names, "statistics", "html"]
+    else:
+        assert book.build_book("tiny", {}, root, progress=False) is None
+        assert calls == names
+
+
 # --------------------------------------------------------------------------- the real book, end to end
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from .. import __version__
+from ..core import distributed
 from ..core.profile import Profile
 from .parameters import as_profile
 
@@ -26,12 +27,14 @@ def device_label(device: str) -> str:
 def banner_markdown(profile: str | Profile, seed: int, device: str | None = None) -> str:
     """The MyST admonition that opens a chapter: profile, device, versions and seed.
 
-    A profile with ``interpret: false`` adds a line saying its numbers are not to be interpreted.
+    A profile with ``interpret: false`` adds a line saying its numbers are not to be interpreted;
+    a chapter executed by the processes of a launched job (``core.distributed``), how many.
     """
     import torch
 
     prof = as_profile(profile)
     resolved = device or prof.resolve_device()
+    job = distributed.launch()
     lines = [
         # no backticks in a fence's info string (CommonMark), hence no code span in the title
         f"```{{admonition}} Executed with the {prof.name} profile",
@@ -46,6 +49,8 @@ def banner_markdown(profile: str | Profile, seed: int, device: str | None = None
         f"- **versions:** memories_lib {__version__}, torch {torch.__version__}, "
         f"Python {sys.version.split()[0]}",
         *([] if prof.interpret else [NOT_INTERPRETED]),
+        *([f"- **processes:** {job.count} (accelerate launch), each inverting a share of the images"]
+          if job.count > 1 else []),
         "```",
     ]
     return "\n".join(lines)

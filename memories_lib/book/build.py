@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..core import parallel
+from ..core import distributed, parallel
 from ..core.profile import Profile
 from ..experiments.models import missing_erased_models, prepare_erased_models
 from ..worlds import open_world
@@ -126,7 +126,7 @@ def build_book(
     root: str | Path | None = None,
     *,
     progress: bool = True,
-) -> Path:
+) -> Path | None:
     """Execute every chapter of ``_toc.yml`` into ``_executed/`` and build the HTML book.
 
     Every chapter's run is logged in ``_executed/execution_log.jsonl``; the page *Execution
@@ -135,6 +135,10 @@ def build_book(
     Parameters are checked for every chapter before anything runs: an override must be
     declared by at least one chapter and is given to the chapters that declare it.
     Returns ``<root>/_build/html/index.html``; raises BookError when a chapter or the build fails.
+
+    Under a launcher (``accelerate launch``, see ``core.distributed``) every process executes the
+    chapters one at a time in the book's order, sharing each chapter's per-image loops; the main
+    process prepares the models and builds the book, and the others return None.
     """
     root = find_root() if root is None else Path(root).resolve()
     as_profile(profile)  # an unknown profile fails here, before anything runs
@@ -157,6 +161,16 @@ def build_book(
             f"the chapters' parameters are: {', '.join(sorted(declared_anywhere)) or 'none'}"
         )
 
+    job = distributed.launch()
+    if job.count > 1:
+        # The processes go through the chapters together, so each chapter's loops are shared; the
+        # others find the models main prepares in the cache, or wait for them under their locks.
+        if not job.is_main:
+            execute_chapters(plans, root, progress=False, workers=1)
+            return None
+        if progress:
+            print(f"[memories] {job.count} processes share each chapter's images (accelerate launch)",
+                  file=sys.stderr)
     warm_matplotlib()
     mathjax.vendor_mathjax(root)
     prepare_models(profile, progress)
@@ -164,7 +178,7 @@ def build_book(
         if progress:
             print(f"[memories] {execute.not_applicable(chapter, profile)} A page says so.", file=sys.stderr)
         execute.write_placeholder(chapter, profile)
-    execute_chapters(plans, root, progress)
+    execute_chapters(plans, root, progress, workers=1 if job.count > 1 else None)
     statistics.write_statistics_page(root / EXECUTED_DIR, [chapter.name for chapter, _ in plans])
 
     cmd = [_jupyter_book(), "build", str(root), "-W", "-n", "--keep-going"]

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..core import distributed
 from ..core.profile import Profile
 from . import statistics, terminal
 from .parameters import as_profile, chapter_parameters
@@ -43,11 +44,17 @@ def run_notebook(chapter: Chapter, parameters: Mapping[str, Any], output: Path, 
     duration, and whether it found everything in the cache (warm) or computed something (cold).
     With ``progress``, stderr shows the cells and the library's loops and notes as the kernel runs
     them (``terminal``); they never reach the notebook.
+
+    Under a launcher (``accelerate launch``, see ``core.distributed``) every process of the job
+    executes the chapter, and their kernels share its per-image loops through the results store;
+    only the main process writes ``output``, logs the run and shows progress. The others' executed
+    copies are temporary.
     """
     import jupytext
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
+    job = distributed.launch()
     nb = read_notebook(chapter.source)
     output.parent.mkdir(parents=True, exist_ok=True)
     papermill_log = logging.getLogger("papermill")
@@ -56,25 +63,30 @@ def run_notebook(chapter: Chapter, parameters: Mapping[str, Any], output: Path, 
     start = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory(prefix="memories-run-") as tmp, \
-                terminal.chapter_progress(chapter.name, progress) as progress_bar:
+                terminal.chapter_progress(chapter.name, progress and job.is_main) as progress_bar:
             ipynb = Path(tmp) / f"{chapter.name}.ipynb"
             jupytext.write(nb, ipynb)
-            papermill.execute_notebook(
-                str(ipynb),
-                str(output),
-                parameters=dict(parameters),
-                kernel_name=KERNEL_NAME,
-                cwd=str(chapter.root),
-                progress_bar=progress_bar,
-                config=_kernel_over_unix_sockets(Path(tmp)),
-            )
-    except PapermillExecutionError as err:
-        first_line = next((line for line in err.source.splitlines() if line.strip()), "")
-        raise BookError(
-            f"notebook {chapter.source.name} failed in cell {err.cell_index} (In [{err.exec_count}], "
-            f"starting {first_line.strip()!r}): {err.ename}: {err.evalue}. "
-            f"The executed copy is at {output}"
-        ) from None
+            executed = output if job.is_main else Path(tmp) / f"{chapter.name}.executed.ipynb"
+            try:
+                papermill.execute_notebook(
+                    str(ipynb),
+                    str(executed),
+                    parameters=dict(parameters),
+                    kernel_name=KERNEL_NAME,
+                    cwd=str(chapter.root),
+                    progress_bar=progress_bar,
+                    config=_kernel_over_unix_sockets(Path(tmp)),
+                )
+            except PapermillExecutionError as err:
+                first_line = next((line for line in err.source.splitlines() if line.strip()), "")
+                where = (f"The executed copy is at {output}" if job.is_main else
+                         f"(in process {job.index} of {job.count} of the launched job)")
+                raise BookError(
+                    f"notebook {chapter.source.name} failed in cell {err.cell_index} (In [{err.exec_count}], "
+                    f"starting {first_line.strip()!r}): {err.ename}: {err.evalue}. {where}"
+                ) from None
+            if not job.is_main:
+                return output
     finally:
         papermill_log.removeFilter(_drop_unknown_parameter_warnings)
     seconds = statistics.papermill_seconds(output) or time.perf_counter() - start

@@ -30,6 +30,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from . import distributed
+
 PROFILES_DIR = Path(__file__).parent.parent / "profiles"
 
 
@@ -84,11 +86,12 @@ class ModelSection:
             raise ProfileError(f"model.guidance_scale must be a number >= 0, got {self.guidance_scale!r}")
 
     def resolve_device(self) -> str:
-        """The torch device ("auto" picks CUDA when there is one)."""
-        import torch
-
+        """The torch device: "auto" picks CUDA when there is one; under a launcher (``accelerate launch``)
+        "auto" and "cuda" mean the GPU of the process's local rank (``core.distributed.local_gpu``)."""
         if self.device == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
+            return distributed.auto_device()
+        if self.device == "cuda":
+            return distributed.local_gpu()
         return self.device
 
     def torch_dtype(self):

@@ -36,6 +36,7 @@ import numpy as np
 import safetensors.torch
 import torch
 
+from . import distributed
 from .paths import cache_dir
 from .progress import tqdm
 
@@ -166,12 +167,20 @@ def keyed_folder(namespace: str, label: str, parts: dict[str, Any], root: str | 
 
 
 @contextlib.contextmanager
-def _locked_file(lock_file: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``lock_file`` (created if needed), held for the ``with`` block."""
+def _locked_file(lock_file: Path, wait: bool = True) -> Iterator[bool]:
+    """An exclusive ``flock`` on ``lock_file`` (created if needed), held for the ``with`` block.
+
+    Yields True once held; with ``wait=False`` it yields False at once (holding nothing) when
+    another process holds it.
+    """
     with open(lock_file, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
@@ -356,20 +365,24 @@ class Store:
         return removed
 
     @contextlib.contextmanager
-    def computing(self, keys: Sequence[str]) -> Iterator[None]:
+    def computing(self, keys: Sequence[str], wait: bool = True) -> Iterator[bool]:
         """Exclusive locks on ``keys`` (a hidden ``.<key>.lock`` beside each entry), for computing them.
 
         Two processes that ask for the same missing entry (two chapters side by side) must not both
         compute it: the second waits here until the first has stored it, then finds it with
         ``get``. The locks are taken in sorted order, so two processes with overlapping batches
-        cannot wait on each other.
+        cannot wait on each other. Yields True once every lock is held; with ``wait=False`` it
+        yields False instead of waiting when another process holds one of them (holding none).
         """
         with contextlib.ExitStack() as stack:
             for key in sorted(set(keys)):
                 data_path, _ = self.paths(key)
                 data_path.parent.mkdir(parents=True, exist_ok=True)
-                stack.enter_context(_locked_file(data_path.parent / f".{key}.lock"))
-            yield
+                if not stack.enter_context(_locked_file(data_path.parent / f".{key}.lock", wait)):
+                    stack.close()  # release the ones already held before saying so
+                    yield False
+                    return
+            yield True
 
     def get_or_compute(self, parts: dict[str, Any], compute: Callable[[], tuple[Tensors, Meta]]) -> Entry:
         """The entry for ``parts``; if absent, ``compute() -> (tensors, meta)`` makes it and it is stored.
@@ -403,9 +416,19 @@ class Store:
         ``key_fn(item)`` gives a key or a dict of key parts. Missing items go in batches of
         ``batch_size`` to ``compute_batch(batch) -> [(tensors, meta), ...]`` (one pair per item, in
         order); each batch is stored as soon as it is done, so an interrupted run resumes where it
-        stopped. Items with the same key are computed once, and a batch is computed under
-        :meth:`computing`, so another process asking for the same items waits and reads them. A corrupt entry raises
+        stopped. Items with the same key are computed once. A corrupt entry raises
         StoreCorruptError unless ``recompute_corrupt`` is set. ``progress``: show the bar.
+
+        Other processes may ask for the same items at the same time: chapters side by side, or the
+        processes of a launched job (``core.distributed``), which all run this loop. A batch is
+        computed under :meth:`computing`; a batch another process holds is passed over and read
+        once that process has stored it, so each result is computed once and every caller gets all
+        of them. In a launched job each process starts with its own share of the batches
+        (:func:`~memories_lib.core.distributed.own_first`), and the batches are cut from all the
+        items rather than from the missing ones, so that every process cuts them alike whatever it
+        found stored when it looked. (A batch's results depend on its other images in the last
+        bits.) On an empty store, or one holding whole batches of an earlier run, these are the
+        batches a single process runs, so the numbers are a single process's.
         """
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -440,24 +463,43 @@ class Store:
             else:
                 results[k] = entry
 
+        job = distributed.launch()
+        cut = todo if job.count == 1 else list(first.values())
+        size = int(batch_size)
+        batches = [batch for batch in (cut[s : s + size] for s in range(0, len(cut), size))
+                   if any(keys[i] not in results for i in batch)]
+
+        def settle(batch: list[int], wait: bool) -> bool:
+            """Read or compute ``batch`` under its locks; False (nothing done) if another process holds one."""
+            with self.computing([keys[i] for i in batch], wait=wait) as held:
+                if not held:
+                    return False
+                # Another process may have stored some meanwhile.
+                stored = {i: results.get(keys[i]) or self.get(keys[i]) for i in batch}
+                for i, entry in stored.items():
+                    if entry is not None:
+                        results[keys[i]] = entry
+                left = [i for i in batch if stored[i] is None]
+                outputs = list(compute_batch([items[i] for i in left])) if left else []
+                if len(outputs) != len(left):
+                    raise ValueError(f"compute_batch returned {len(outputs)} results for a batch of "
+                                     f"{len(left)} items")
+                for i, (tensors, meta) in zip(left, outputs):
+                    results[keys[i]] = self.put(keys[i], tensors, meta, parts=parts_of[keys[i]])
+                return True
+
+        missing = set(todo)
         with tqdm(total=len(results) + len(todo), initial=len(results), desc=desc, unit="item",
                   disable=not progress) as bar:
-            for start in range(0, len(todo), int(batch_size)):
-                batch = todo[start : start + int(batch_size)]
-                with self.computing([keys[i] for i in batch]):
-                    # Another process (a chapter beside this one) may have stored some meanwhile.
-                    stored = {i: self.get(keys[i]) for i in batch}
-                    for i, entry in stored.items():
-                        if entry is not None:
-                            results[keys[i]] = entry
-                    batch_left = [i for i in batch if stored[i] is None]
-                    outputs = list(compute_batch([items[i] for i in batch_left])) if batch_left else []
-                    if len(outputs) != len(batch_left):
-                        raise ValueError(f"compute_batch returned {len(outputs)} results for a batch of "
-                                         f"{len(batch_left)} items")
-                    for i, (tensors, meta) in zip(batch_left, outputs):
-                        results[keys[i]] = self.put(keys[i], tensors, meta, parts=parts_of[keys[i]])
-                bar.update(len(batch))
+            held_elsewhere = []
+            for b in distributed.own_first(len(batches), job.index, job.count):
+                if settle(batches[b], wait=False):
+                    bar.update(sum(i in missing for i in batches[b]))
+                else:
+                    held_elsewhere.append(b)
+            for b in held_elsewhere:  # wait for the processes computing them, then read them
+                settle(batches[b], wait=True)
+                bar.update(sum(i in missing for i in batches[b]))
         return [results[k] for k in keys]
 
 

@@ -85,3 +85,14 @@ def test_results_are_appended_with_the_device_named(tmp_path, monkeypatch):
     assert "2 images (1 in the one-image loops)" in text
     assert "## precision: tiny random model (32 x 32) on " in text and "| ddim | float16 | " in text
     assert "DDIMInverseScheduler" not in text  # (b) was skipped
+
+
+def test_shared_benchmark_splits_the_images_between_the_processes(tmp_path, capsys):
+    """Two launched processes share the loop: each image inverted once, the seeds the single process's."""
+    from benchmarks import bench_shared
+
+    result = bench_shared.main(["--images", "6", "--batch-size", "1", "--steps", "2", "--models-dir", str(tmp_path)])
+    assert result["processes"] == 2 and sum(result["inverted"]) == 6 and min(result["inverted"]) > 0
+    assert result["identical"]
+    assert result["seconds_one"] > 0 and result["seconds_job"] > 0 and math.isfinite(result["speedup"])
+    assert "speedup" in capsys.readouterr().out

@@ -2,17 +2,19 @@
 
 K processes, started with the variables ``accelerate launch`` gives its processes (``WORLD_SIZE``,
 ``RANK``, ``LOCAL_RANK``), invert the same N images through the results store's shared loop
-(``concept_memory.invert_set``, DDIM) into an empty store, each on its local rank's GPU, or on the
-CPU with 1/K of the threads; one process with all of them does the same into another empty store.
-The clocks start once every process has loaded the model, so loading is not timed. Reported: the
-wall time of each side, the speedup (one process's time / the job's), how many images each process
-inverted (each once in all) and whether the seeds are bit for bit the single process's.
+(``concept_memory.invert_set``, DDIM) into an empty store, each on its local rank's GPU or with its
+share of the CPU's cores; one process does the same into another empty store. Both follow the
+library's rules for batches and threads (``core.throughput``), as the chapters do, unless
+``--batch-size`` is given. The clocks start once every process has loaded the model, so loading is
+not timed. Reported: the wall time of each side, the speedup (one process's time / the job's), the
+images each process inverted (each image once in all), and whether the seeds are bit for bit the
+single process's (expected when the loop has at least one batch per process; a smaller loop is cut
+into one batch per process, and its numbers then differ in the last bits).
 
-Goal: a speedup of at least 0.6 x K (1.2 for the default two processes on a CPU, where the single
-process has both cores' threads).
+Goal: a speedup of at least 0.6 x K.
 
 ``python -m benchmarks.run shared -- [--processes K] [--images N] [--batch-size B] [--steps S]
-[--threads T] [--model tiny|sd14-random|PATH] [--record]``.
+[--model tiny|sd14-random|PATH] [--record]``.
 """
 
 from __future__ import annotations
@@ -37,20 +39,20 @@ LAUNCH_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK")
 
 def worker(settings: dict) -> None:
     """One process of a side: load the model, wait for the others, invert the images, write what it measured."""
-    from memories_lib.core import distributed
+    from memories_lib.core import distributed, throughput
     from memories_lib.core.images import ImageSet
     from memories_lib.core.models import load_ldm
     from memories_lib.core.store import Store
     from memories_lib.experiments import concept_memory
     from memories_lib.inversion import api
 
-    torch.set_num_threads(settings["threads"])
+    torch.set_num_threads(throughput.max_threads())  # every core, or this process's share of them in a job
     ldm = load_ldm(settings["model"], device=distributed.auto_device())
     calls = []
     invert = api.invert
 
     def counted(model, images, prompts, **kwargs):
-        calls.append(len(prompts))
+        calls.append(len(prompts))  # one call per batch
         return invert(model, images, prompts, **kwargs)
 
     api.invert = counted
@@ -69,7 +71,7 @@ def worker(settings: dict) -> None:
     end = time.time()
     out = Path(settings["out"])
     torch.save({"seeds": inv.seeds}, out.with_suffix(".pt"))
-    out.with_suffix(".json").write_text(json.dumps({"start": start, "end": end, "inverted": sum(calls)}))
+    out.with_suffix(".json").write_text(json.dumps({"start": start, "end": end, "batches": calls}))
 
 
 def run_side(settings: dict, processes: int, folder: Path) -> dict:
@@ -82,7 +84,7 @@ def run_side(settings: dict, processes: int, folder: Path) -> dict:
         mine = {**settings, "processes": processes, "store": str(folder / "store"), "ready": str(folder / "ready"),
                 "out": str(folder / f"process-{rank}")}
         launch = {} if processes == 1 else {"WORLD_SIZE": str(processes), "RANK": str(rank), "LOCAL_RANK": str(rank)}
-        env = {**base, **launch, "OMP_NUM_THREADS": str(settings["threads"])}
+        env = {**base, **launch}
         running.append(subprocess.Popen([sys.executable, "-m", "benchmarks.bench_shared", "worker", json.dumps(mine)],
                                         env=env, stderr=subprocess.PIPE, text=True,
                                         cwd=Path(__file__).resolve().parent.parent))
@@ -93,50 +95,48 @@ def run_side(settings: dict, processes: int, folder: Path) -> dict:
     measured = [json.loads((folder / f"process-{r}.json").read_text()) for r in range(processes)]
     seeds = [torch.load(folder / f"process-{r}.pt", weights_only=True)["seeds"] for r in range(processes)]
     return {"seconds": max(m["end"] for m in measured) - min(m["start"] for m in measured),
-            "inverted": [m["inverted"] for m in measured], "seeds": seeds}
+            "batches": [m["batches"] for m in measured], "seeds": seeds}
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="benchmarks.run shared", description=__doc__.splitlines()[0])
     add_model_arguments(parser)
-    parser.set_defaults(threads=0)  # every core: the single process gets them all, the job's processes a share each
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     parser.add_argument("--processes", type=int, default=gpus if gpus > 1 else 2,
                         help="processes of the job (default: one per GPU when there are several, else 2)")
-    parser.add_argument("--images", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=4, help="images per batch (default 4: 8 batches to share)")
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images per batch (default: the library's rule, as in the chapters)")
     parser.add_argument("--steps", type=int, default=10, help="DDIM steps")
     args = parser.parse_args(argv)
-    if args.processes < 2 or args.images < 1 or args.batch_size < 1 or args.steps < 1:
+    if args.processes < 2 or args.images < 1 or (args.batch_size or 1) < 1 or args.steps < 1:
         parser.error("--processes must be at least 2, --images, --batch-size and --steps at least 1")
     path, label, device_name = setup(args, "bench-shared-")
-    total_threads = args.threads if args.threads > 0 else torch.get_num_threads()
     settings = {"model": str(path), "images": args.images, "batch_size": args.batch_size, "steps": args.steps}
     k = args.processes
-    on_gpus = gpus > 0
     with tempfile.TemporaryDirectory(prefix="bench-shared-") as tmp:
-        # On a CPU the single process gets every thread, each of the job's processes its share of them.
-        one = run_side({**settings, "threads": total_threads}, 1, Path(tmp) / "one")
-        job = run_side({**settings, "threads": total_threads if on_gpus else max(1, total_threads // k)}, k,
-                       Path(tmp) / "job")
+        one = run_side(settings, 1, Path(tmp) / "one")
+        job = run_side(settings, k, Path(tmp) / "job")
     identical = all(torch.equal(s, one["seeds"][0]) for s in job["seeds"])
+    inverted = [sum(b) for b in job["batches"]]
     speedup = one["seconds"] / job["seconds"]
     goal = GOAL_PER_PROCESS * k
-    ok = speedup >= goal and identical and sum(job["inverted"]) == args.images
-    where = f"{k} GPUs" if on_gpus else f"CPU, {total_threads} thread(s) in all"
+    ok = speedup >= goal and sum(inverted) == args.images
+    where = f"{gpus} GPU(s)" if gpus else f"CPU, {os.cpu_count()} cores"
     lines = [
-        f"{label}: {args.images} images, DDIM {args.steps} steps, batches of {args.batch_size}, {where} ({device_name})",
-        f"  one process: {one['seconds']:.2f} s; {k} processes: {job['seconds']:.2f} s; "
-        f"images inverted by each: {job['inverted']}",
-        f"  speedup {speedup:.2f} (goal >= {goal:.1f}); seeds bit for bit the single process's: {identical}"
-        f"  {'PASS' if ok else 'FAIL'}",
+        f"{label}: {args.images} images, DDIM {args.steps} steps, {where} ({device_name})",
+        f"  one process: {one['seconds']:.2f} s in batches of {one['batches'][0]}",
+        f"  {k} processes: {job['seconds']:.2f} s; batches each took: {job['batches']}",
+        f"  speedup {speedup:.2f} (goal >= {goal:.1f})  {'PASS' if ok else 'FAIL'}; each image inverted once: "
+        f"{sum(inverted) == args.images}; seeds bit for bit the single process's: {identical}",
     ]
     print("\n".join(lines))
     if args.record:
         append_results([f"## Shared loop, {k} processes ({datetime.date.today()}, {device_name})", "",
                         *(f"    {line}" for line in lines)])
-    return {"seconds_one": one["seconds"], "seconds_job": job["seconds"], "speedup": speedup,
-            "inverted": job["inverted"], "identical": identical, "processes": k, "passed": {"speedup": ok}}
+    return {"seconds_one": one["seconds"], "seconds_job": job["seconds"], "speedup": speedup, "inverted": inverted,
+            "batches_one": one["batches"][0], "batches_job": job["batches"], "identical": identical, "processes": k,
+            "passed": {"speedup": ok}}
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from memories_lib.core import distributed
 from memories_lib.core.profile import ModelSection
 from memories_lib.core.store import Store
 
-LAUNCH_VARIABLES = (distributed.WORLD_SIZE, distributed.RANK, distributed.LOCAL_RANK)
+LAUNCH_VARIABLES = (distributed.WORLD_SIZE, distributed.RANK, distributed.LOCAL_RANK, distributed.LOCAL_WORLD_SIZE)
 
 
 @pytest.fixture
@@ -35,14 +35,14 @@ def launched(monkeypatch):
 
 
 def test_without_a_launcher_there_is_one_process(launched):
-    assert distributed.launch() == distributed.Launch(0, 1, 0)
-    assert distributed.launch().is_main and distributed.launched_processes() == 1
+    assert distributed.launch() == distributed.Launch(0, 1, 0, 1)
+    assert distributed.launch().is_main
 
 
 def test_launch_reads_the_launcher_variables(launched):
     launched(3, 4, local=1)
-    assert distributed.launch() == distributed.Launch(index=3, count=4, local_index=1)
-    assert not distributed.launch().is_main and distributed.launched_processes() == 4
+    assert distributed.launch() == distributed.Launch(index=3, count=4, local_index=1, local_count=4)
+    assert not distributed.launch().is_main
 
 
 @pytest.mark.parametrize("rank, message", [("4", "RANK='4'"), ("", "RANK=''"), ("x", "not an integer")])
@@ -149,7 +149,7 @@ from memories_lib.experiments import concept_memory
 from memories_lib.inversion import api
 
 torch.set_num_threads(1)
-model, store_root, log = sys.argv[1:4]
+model, store_root, log, batch_size = sys.argv[1:5]
 calls = []
 invert = api.invert
 def logged(ldm, images, prompts, **kw):
@@ -160,15 +160,19 @@ api.invert = logged
 images = torch.rand(10, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 prompts = tuple(f"a shape {i}" for i in range(10))
 inv = concept_memory.invert_set(load_ldm(model), ImageSet("E", images, prompts), Store(store_root), method="ddim",
-                                num_steps=3, batch_size=2, progress=False)
+                                num_steps=3, batch_size=int(batch_size), progress=False)
 torch.save({"seeds": inv.seeds, "psnr": torch.as_tensor(inv.psnr)}, log + ".pt")
 with open(log + ".json", "w") as f:
     json.dump({"rank": os.environ.get("RANK"), "calls": calls}, f)
 """
 
 
-def test_launched_processes_share_a_loop_and_get_a_single_process_numbers(tiny_ldm_path, tmp_path):
-    """Two processes (the launcher's variables set by hand) split invert_set's batches; the results are one's."""
+@pytest.mark.parametrize("batch_size", [2, 8])
+def test_launched_processes_share_a_loop_and_get_a_single_process_numbers(tiny_ldm_path, tmp_path, batch_size):
+    """Two processes (the launcher's variables set by hand) split invert_set's batches; the results are one's.
+
+    Batches of 2: the single process's five batches, shared. Batches of 8: two batches of 10 images would leave
+    one process idle, so the job cuts one batch of 5 for each."""
     script = tmp_path / "loop.py"
     script.write_text(SHARED_LOOP)
     base = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARIABLES}
@@ -176,7 +180,7 @@ def test_launched_processes_share_a_loop_and_get_a_single_process_numbers(tiny_l
 
     def run(store: str, logs: list[str], count: int) -> None:
         procs = [subprocess.Popen([sys.executable, str(script), str(tiny_ldm_path), str(tmp_path / store),
-                                   str(tmp_path / log)],
+                                   str(tmp_path / log), str(batch_size)],
                                   env={**base, **({} if count == 1 else {"WORLD_SIZE": str(count), "RANK": str(i),
                                                                          "LOCAL_RANK": str(i)})},
                                   stderr=subprocess.PIPE, text=True)
@@ -190,14 +194,33 @@ def test_launched_processes_share_a_loop_and_get_a_single_process_numbers(tiny_l
     calls = [json.loads((tmp_path / f"{log}.json").read_text())["calls"] for log in ("rank0", "rank1", "single")]
     assert sum(calls[0]) + sum(calls[1]) == 10, "each image inverted once between the two processes"
     assert calls[0] and calls[1], "both processes took batches"
-    assert all(n == 2 for n in calls[0] + calls[1]), "the single process's batches"
-    assert sum(calls[2]) == 10
+    assert set(calls[0] + calls[1]) == ({2} if batch_size == 2 else {5})
+    assert calls[2] == ([2] * 5 if batch_size == 2 else [8, 2])
     single = torch.load(tmp_path / "single.pt", weights_only=True)
-    for log in ("rank0", "rank1"):  # both processes end with every result, bit for bit the single process's
+    for log in ("rank0", "rank1"):  # both processes end with every result
         shared = torch.load(tmp_path / f"{log}.pt", weights_only=True)
-        assert torch.equal(shared["seeds"], single["seeds"]) and torch.equal(shared["psnr"], single["psnr"])
+        if batch_size == 2:  # the single process's batches: bit for bit its numbers
+            assert torch.equal(shared["seeds"], single["seeds"]) and torch.equal(shared["psnr"], single["psnr"])
+        else:  # other batches: the same numbers but for the last bits
+            torch.testing.assert_close(shared["seeds"], single["seeds"], rtol=1e-4, atol=1e-4)
     entries = [Store(tmp_path / "two").get(p.stem) for p in (tmp_path / "two").rglob("*.json")]
     assert len(entries) == 10 and all(e is not None for e in entries)
+
+
+def test_a_launched_job_sizes_its_batches_alike_in_every_process(launched, monkeypatch):
+    """Not from the memory free at the moment (it differs between processes): a share of the device's total."""
+    from memories_lib.core import throughput
+
+    monkeypatch.delenv("MEMORIES_MEMORY_BUDGET", raising=False)
+    monkeypatch.setattr(throughput, "available_memory", lambda device="cpu": 8 * 2**30)
+    monkeypatch.setattr(throughput, "total_memory", lambda device="cpu": 64 * 2**30)
+    monkeypatch.setattr(throughput.os, "cpu_count", lambda: 16)
+    monkeypatch.delenv("MEMORIES_THREADS", raising=False)
+    assert throughput.memory_budget("cpu") == 2 * 2**30 and throughput.max_threads() == 16
+    launched(1, 4)  # four processes on this machine: the total memory and the cores divided among them
+    assert throughput.memory_budget("cpu") == 4 * 2**30 and throughput.max_threads() == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two machines of two processes each
+    assert throughput.memory_budget("cpu") == 8 * 2**30 and throughput.max_threads() == 8
 
 
 # --------------------------------------------------------------------------- a chapter under accelerate launch

@@ -426,9 +426,10 @@ class Store:
         of them. In a launched job each process starts with its own share of the batches
         (:func:`~memories_lib.core.distributed.own_first`), and the batches are cut from all the
         items rather than from the missing ones, so that every process cuts them alike whatever it
-        found stored when it looked. (A batch's results depend on its other images in the last
-        bits.) On an empty store, or one holding whole batches of an earlier run, these are the
-        batches a single process runs, so the numbers are a single process's.
+        found stored when it looked (a batch's results depend on its other images in the last
+        bits); a loop of fewer than one batch per process is cut smaller, so that each has one. On
+        an empty store, or one holding whole batches of an earlier run, a loop of at least one
+        batch per process is cut as a single process cuts it, so its numbers are a single process's.
         """
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -466,6 +467,8 @@ class Store:
         job = distributed.launch()
         cut = todo if job.count == 1 else list(first.values())
         size = int(batch_size)
+        if job.count > 1:  # at least one batch for every process of the job
+            size = max(1, min(size, math.ceil(len(cut) / job.count)))
         batches = [batch for batch in (cut[s : s + size] for s in range(0, len(cut), size))
                    if any(keys[i] not in results for i in batch)]
 

@@ -43,6 +43,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from . import distributed
+
 #: Rows per UNet call where the measured throughput stops growing (see the module's table).
 TARGET_ROWS = 256
 #: The smallest UNet batch at which every core beats one thread (see the module's table).
@@ -54,7 +56,8 @@ _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 
 
 def max_threads() -> int:
-    """The most torch CPU threads to use: ``$MEMORIES_THREADS``, else every core of the machine.
+    """The most torch CPU threads to use: ``$MEMORIES_THREADS``, else every core of the machine
+    (in a launched job, ``core.distributed``, the cores divided among its processes on the machine).
 
     The count is fixed rather than read from the machine's load, because floating-point
     results are bit-for-bit reproducible only for a given thread count.
@@ -68,7 +71,7 @@ def max_threads() -> int:
         if threads < 1:
             raise ValueError(f"MEMORIES_THREADS must be a positive integer, got {value!r}")
         return threads
-    return os.cpu_count() or 1
+    return max(1, (os.cpu_count() or 1) // distributed.processes_on("cpu"))
 
 
 def threads_for(rows: int) -> int:
@@ -126,14 +129,39 @@ def available_memory(device: torch.device | str = "cpu") -> int:
         return 8 * 2**30
 
 
+def total_memory(device: torch.device | str = "cpu") -> int:
+    """Bytes of ``device`` in all: the GPU's memory, or the machine's RAM."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[1])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30
+
+
 def memory_budget(device: torch.device | str = "cpu") -> int:
-    """Bytes one batch may use: ``$MEMORIES_MEMORY_BUDGET`` (e.g. ``2G``), else a quarter of what is available."""
+    """Bytes one batch may use: ``$MEMORIES_MEMORY_BUDGET`` (e.g. ``2G``), else a quarter of what is available.
+
+    In a launched job (``core.distributed``) the processes must size their batches alike, so that
+    they cut a shared loop alike; what is free differs from one process and moment to the next, so
+    their budget is a quarter of the device's total memory, divided among the job's processes on it.
+    """
     value = os.environ.get("MEMORIES_MEMORY_BUDGET", "").strip()
     if value:
         try:
             return parse_bytes(value)
         except ValueError as err:
             raise ValueError(f"MEMORIES_MEMORY_BUDGET: {err}") from None
+    if distributed.launch().count > 1:
+        return int(BUDGET_SHARE * total_memory(device) / distributed.processes_on(str(device)))
     return int(BUDGET_SHARE * available_memory(device))
 
 
@@ -244,5 +272,5 @@ __all__ = [
     "BUDGET_SHARE", "MULTI_THREAD_ROWS", "TARGET_ROWS", "available_memory", "batch_size", "cap_torch_threads",
     "max_threads",
     "memory_budget", "parse_bytes", "row_bytes", "split_evenly", "threads_for", "threads_for_batch",
-    "torch_threads", "unet_batch_size",
+    "torch_threads", "total_memory", "unet_batch_size",
 ]

@@ -20,9 +20,10 @@ another size are centre-cropped and resized to the model's.
 Everything is checked before the model is loaded: the folders, the captions, every image
 (decoded once), the checkpoint files, the judges' profile and concept.
 
-Under ``accelerate launch --num_processes K``, each process inverts its share of the batches
-(``core.distributed``) into the store; the main process then reads every record and writes the
-report. The batches are the ones a single process would run, so the numbers are the same.
+Under ``accelerate launch --num_processes K``, every process runs the loop over the images, and
+the store shares its batches (``core.distributed``): each process inverts its own share first,
+then the batches the others have not reached, and reads the rest once stored; the main process
+writes the report. The batches are the ones a single process would run, so the numbers are the same.
 
 Outputs in ``out``: ``results.json`` (every number: settings, model, summary, per image),
 ``images.csv`` (per image), ``distributions.png`` (PSNR and NLL of E and R, and N(0, I)),
@@ -282,38 +283,31 @@ def run_audit(
     regenerations. Returns None in the processes of a multi-process job other than the main one.
     """
     start = time.perf_counter()
-    procs = distributed.processes()
+    job = distributed.launch()
     e_folder = _choose(read_folder(concept_images, "concept images", captions), settings.max_images, settings.seed)
     r_folder = _choose(read_folder(reference_images, "reference images"), settings.max_images, settings.seed)
     for folder in (e_folder, r_folder):
-        check_images(folder, progress=progress and procs.is_main)
+        check_images(folder, progress=progress and job.is_main)
     check_checkpoints(unet_checkpoint, text_encoder)
     judged_by = open_judges(*judges) if judges is not None else None
     device = settings.device
     if device == "auto":
-        device = procs.device if procs.count > 1 else ("cuda" if torch.cuda.is_available() else "cpu")
+        device = distributed.auto_device()
 
     ldm = load_model(model, unet_checkpoint, text_encoder, device=device, dtype=resolve_dtype(settings, device))
     size = ldm.image_size
-    shown = progress and procs.is_main
+    shown = progress and job.is_main
     sets = {"E": image_set(e_folder, "E", size, shown), "R": image_set(r_folder, "R", size, shown)}
     joined = stack_sets(list(sets.values()), "E+R")
     config = inversion.resolve(settings.inversion, settings.num_steps)
     batch_size = settings.batch_size or throughput.unet_batch_size(ldm, len(joined),
                                                                    inversion.unet_rows_per_image(config))
     kwargs = dict(method=settings.inversion, num_steps=settings.num_steps, batch_size=batch_size)
-    if procs.count > 1:
-        # Each process inverts its share of the single-process batches into the store.
-        batches = [list(range(i, min(i + batch_size, len(joined)))) for i in range(0, len(joined), batch_size)]
-        mine = [i for batch in procs.share(batches) for i in batch]
-        if mine:
-            part = ImageSet(f"E+R, process {procs.index}", joined.images[mine], tuple(joined.prompts[i] for i in mine))
-            invert_set(ldm, part, store, desc=f"process {procs.index + 1} of {procs.count}", progress=progress,
-                       **kwargs)
-        procs.wait()
-        if not procs.is_main:
-            return None
-    inv = invert_set(ldm, joined, store, desc="inverting E and R", progress=progress and procs.is_main, **kwargs)
+    # Under a launcher every process runs this loop and the store shares its batches (core.distributed);
+    # each ends it with every record, and the main one writes the report.
+    inv = invert_set(ldm, joined, store, desc="inverting E and R", progress=progress and job.is_main, **kwargs)
+    if not job.is_main:
+        return None
     e_inv, r_inv = inv.part(0, len(sets["E"])), inv.part(len(sets["E"]), len(joined))
 
     d = ldm.latent_dim
@@ -336,7 +330,7 @@ def run_audit(
         "latent_dim": d,
     }
     result = AuditResult(e_inv, r_inv, e_folder, r_folder, summary, judged, settings, dict(config), described,
-                         time.perf_counter() - start, procs.count)
+                         time.perf_counter() - start, job.count)
     if judged_by is not None:
         result.model["judges"] = {"profile": judged_by.profile, "concept": judged_by.concept, "text": judged_by.text}
     if out is not None:

@@ -49,7 +49,7 @@ def banner_markdown(profile: str | Profile, seed: int, device: str | None = None
         f"- **versions:** memories_lib {__version__}, torch {torch.__version__}, "
         f"Python {sys.version.split()[0]}",
         *([] if prof.interpret else [NOT_INTERPRETED]),
-        *([f"- **processes:** {job.count} (accelerate launch), each inverting a share of the images"]
+        *([f"- **processes:** {job.count} (accelerate launch), sharing the chapter's loops over images"]
           if job.count > 1 else []),
         "```",
     ]

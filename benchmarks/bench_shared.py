@@ -9,7 +9,7 @@ library's rules for batches and threads (``core.throughput``), as the chapters d
 not timed. Reported: the wall time of each side, the speedup (one process's time / the job's), the
 images each process inverted (each image once in all), and whether the seeds are bit for bit the
 single process's (expected when the loop has at least one batch per process; a smaller loop is cut
-into one batch per process, and its numbers then differ in the last bits).
+into one batch per process, and its numbers may then differ in the last bits).
 
 Goal: a speedup of at least 0.6 x K.
 

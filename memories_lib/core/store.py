@@ -426,10 +426,10 @@ class Store:
         of them. In a launched job each process starts with its own share of the batches
         (:func:`~memories_lib.core.distributed.own_first`), and the batches are cut from all the
         items rather than from the missing ones, so that every process cuts them alike whatever it
-        found stored when it looked (a batch's results depend on its other images in the last
+        found stored when it looked (a batch's results can depend on its other images in the last
         bits); a loop of fewer than one batch per process is cut smaller, so that each has one. On
         an empty store, or one holding whole batches of an earlier run, a loop of at least one
-        batch per process is cut as a single process cuts it, so its numbers are a single process's.
+        batch per process is cut as a single process with the same ``batch_size`` cuts it.
         """
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")

@@ -110,41 +110,34 @@ def parse_bytes(text: str) -> int:
     return int(value)
 
 
-def available_memory(device: torch.device | str = "cpu") -> int:
-    """Bytes free for new tensors on ``device``: the CUDA allocator's free memory, or the system's available RAM."""
+def _memory(device: torch.device | str, total: bool) -> int:
+    """Bytes of ``device``: in all (``total``) or free now (the CUDA allocator's free memory, the available RAM)."""
     device = torch.device(device)
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
+        free, whole = torch.cuda.mem_get_info(device)
+        return int(whole if total else free)
+    field, pages = ("MemTotal:", "SC_PHYS_PAGES") if total else ("MemAvailable:", "SC_AVPHYS_PAGES")
     try:
         with open("/proc/meminfo") as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(field):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
     try:
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        return int(os.sysconf(pages) * os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
         return 8 * 2**30
+
+
+def available_memory(device: torch.device | str = "cpu") -> int:
+    """Bytes free for new tensors on ``device``: the CUDA allocator's free memory, or the system's available RAM."""
+    return _memory(device, total=False)
 
 
 def total_memory(device: torch.device | str = "cpu") -> int:
     """Bytes of ``device`` in all: the GPU's memory, or the machine's RAM."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[1])
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return 8 * 2**30
+    return _memory(device, total=True)
 
 
 def memory_budget(device: torch.device | str = "cpu") -> int:

@@ -128,6 +128,33 @@ def test_map_items_passes_over_a_batch_another_process_holds_and_reads_it_once_s
     assert [e.meta["item"] for e in entries] == [100, 101, 2, 3, 4, 5]
 
 
+def test_a_batch_whose_process_stopped_is_computed_by_the_next(tmp_path):
+    """The other process held the first batch and stopped without storing it (its locks went with it)."""
+    store = Store(tmp_path / "store")
+    held = [store.key(item=i) for i in (0, 1)]
+    holding, others_done, computed = threading.Event(), threading.Event(), []
+
+    def other_process():
+        with store.computing(held) as got:
+            assert got
+            holding.set()
+            others_done.wait(timeout=30)  # then "dies": releases the locks with nothing stored
+
+    def compute(batch):
+        computed.append(list(batch))
+        if len(computed) == 2:
+            others_done.set()
+        return [_value(i) for i in batch]
+
+    thread = threading.Thread(target=other_process)
+    thread.start()
+    assert holding.wait(timeout=30)
+    entries = store.map_items(range(6), lambda i: {"item": i}, compute, batch_size=2, progress=False)
+    thread.join(timeout=30)
+    assert computed == [[2, 3], [4, 5], [0, 1]]
+    assert [e.meta["item"] for e in entries] == list(range(6))
+
+
 def test_map_items_waits_for_nobody_when_it_can_take_every_batch(tmp_path):
     store = Store(tmp_path / "store")
     with store.computing([store.key(item=9)], wait=False) as got:

@@ -14,8 +14,11 @@ entries are written atomically under per-entry locks, so the processes never cor
 one another. Nothing waits for a process that never reaches a loop, and a batch whose process
 stopped (its locks go with it) is computed by the next process that reaches it.
 
-Each process runs on the GPU of its local rank (:func:`local_gpu`); the main process (rank 0)
-writes what is written once: the executed notebooks, the book, the audit's report.
+Each process runs on the GPU of its local rank (:func:`local_gpu`); its batch sizes and CPU threads
+come from a share of its device's total memory and of the machine's cores (``core.throughput``,
+:func:`processes_on`), the same in every process, so that every process cuts a loop alike. The
+main process (rank 0) writes what is written once: the executed notebooks, the book, the audit's
+report.
 
 A plain run (no launcher) is one process, which takes every batch in order.
 """

@@ -332,3 +332,38 @@ def test_a_chapter_under_accelerate_launch_shares_its_images(tiny_ldm_path, tmp_
     assert done.returncode == 0, done.stderr[-3000:]
     assert _glued(executed) == two, "the numbers of one process"
     assert "**processes:**" not in executed.read_text()
+
+
+FAILING_CHAPTER = """\
+# Fails
+
+```{code-cell} ipython3
+:tags: [parameters]
+
+profile = "tiny"  # profile
+```
+
+```{code-cell} ipython3
+[1, 2][5]
+```
+"""
+
+
+def test_a_failing_chapter_under_accelerate_launch_is_named_by_each_process(tmp_path):
+    """The failing cell is named as in a single process; only the main process keeps an executed copy."""
+    from conftest import make_book_root
+
+    root = make_book_root(tmp_path / "book", {"01_fails": FAILING_CHAPTER})
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARIABLES}
+    env.update(OMP_NUM_THREADS="1", MEMORIES_CACHE=str(tmp_path / "cache"))
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    done = subprocess.run([*accelerate, "-m", "memories_lib.cli", "run", "01_fails", "--root", str(root), "-q"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0
+    # Whichever process fails first stops the job (the launcher ends the other); each names the cell.
+    assert "01_fails.md failed in cell" in done.stderr and "'[1, 2][5]'): IndexError" in done.stderr
+    if "The executed copy is at" in done.stderr:  # the main process's copy, kept for reading
+        assert (root / "_executed" / "01_fails.ipynb").is_file()
+    executed = {p.name for p in (root / "_executed").glob("*")} if (root / "_executed").exists() else set()
+    assert executed <= {"01_fails.ipynb"}, "the other process writes nothing into _executed"

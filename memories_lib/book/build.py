@@ -161,6 +161,7 @@ def build_book(
             f"the chapters' parameters are: {', '.join(sorted(declared_anywhere)) or 'none'}"
         )
 
+    warm_matplotlib()  # in every process: none of their chapters then builds the font cache
     job = distributed.launch()
     if job.count > 1:
         # The processes go through the chapters together, so each chapter's loops are shared; the
@@ -171,7 +172,6 @@ def build_book(
         if progress:
             print(f"[memories] {job.count} processes share each chapter's images (accelerate launch)",
                   file=sys.stderr)
-    warm_matplotlib()
     mathjax.vendor_mathjax(root)
     prepare_models(profile, progress)
     for chapter in skipped:

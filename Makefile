@@ -5,7 +5,11 @@ PYTHON  ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 PROFILE ?= mini
+# PROCESSES=K: K processes under accelerate launch share each chapter's images (one per GPU; see the README).
+PROCESSES ?= 1
 STAMP   := $(VENV)/.stamp-install
+LAUNCH  := $(BIN)/accelerate launch --multi_gpu --num_processes $(PROCESSES) --num_machines 1 \
+           --mixed_precision no --dynamo_backend no -m memories_lib.cli
 
 .PHONY: book test venv clean benchmarks check-book slides
 
@@ -19,7 +23,11 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 book: $(STAMP)
+ifeq ($(PROCESSES),1)
 	$(BIN)/memories book --profile $(PROFILE)
+else
+	$(LAUNCH) book --profile $(PROFILE)
+endif
 
 # The reader's checks (headless Chromium) over every page of the book built by `make book`.
 check-book: $(STAMP)

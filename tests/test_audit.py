@@ -208,6 +208,19 @@ def test_two_processes_give_the_single_process_numbers(inputs, tiny_ldm_path, tm
     assert one["images"] == two["images"] and one["summary"] == two["summary"]
 
 
+def test_a_process_other_than_main_inverts_but_neither_judges_nor_reports(inputs, tiny_ldm_path, tmp_path,
+                                                                          monkeypatch):
+    """Process 1 of a launched job (alone here, so it takes every batch): records stored, no judges, no report."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(audit, "open_judges", lambda *a: pytest.fail("process 1 opened the judges"))
+    settings = AuditSettings(**{**QUICK, "max_images": 3})
+    store = Store(tmp_path / "s")
+    assert run_audit(str(tiny_ldm_path), inputs["concept"], inputs["reference"], store, settings=settings,
+                     judges=("tiny", "triangle"), out=tmp_path / "report", progress=False) is None
+    assert len(list((tmp_path / "s").rglob("*.json"))) == 6 and not (tmp_path / "report").exists()
+
+
 def test_export_example_then_audit(tmp_path, monkeypatch):
     """The README's worked example on the tiny profile: a world's model and sets as files, audited."""
     monkeypatch.setenv("MEMORIES_CACHE", str(tmp_path / "cache"))

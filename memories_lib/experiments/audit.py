@@ -23,7 +23,9 @@ Everything is checked before the model is loaded: the folders, the captions, eve
 Under ``accelerate launch --num_processes K``, every process runs the loop over the images, and
 the store shares its batches (``core.distributed``): each process inverts its own share first,
 then the batches the others have not reached, and reads the rest once stored; the main process
-writes the report. The batches are the ones a single process would run, so the numbers are the same.
+scores the regenerations and writes the report. With at least one batch per process, the batches are
+the ones a single process would run, so the numbers are the same; fewer images are cut into one batch
+per process, and the numbers may then differ in the last bits (batched arithmetic).
 
 Outputs in ``out``: ``results.json`` (every number: settings, model, summary, per image),
 ``images.csv`` (per image), ``distributions.png`` (PSNR and NLL of E and R, and N(0, I)),
@@ -289,7 +291,8 @@ def run_audit(
     for folder in (e_folder, r_folder):
         check_images(folder, progress=progress and job.is_main)
     check_checkpoints(unet_checkpoint, text_encoder)
-    judged_by = open_judges(*judges) if judges is not None else None
+    # Only the main process scores the regenerations: the others would load the judges' models for nothing.
+    judged_by = open_judges(*judges) if judges is not None and job.is_main else None
     device = settings.device
     if device == "auto":
         device = distributed.auto_device()

@@ -91,7 +91,7 @@ def test_shared_benchmark_splits_the_images_between_the_processes(tmp_path, caps
     """Two launched processes share the loop: each image inverted once, the seeds the single process's."""
     from benchmarks import bench_shared
 
-    result = bench_shared.main(["--images", "6", "--batch-size", "1", "--steps", "2", "--models-dir", str(tmp_path)])
+    result = bench_shared.main(["--images", "6", "--batch-size", "1", "--steps", "10", "--models-dir", str(tmp_path)])
     assert result["processes"] == 2 and sum(result["inverted"]) == 6 and min(result["inverted"]) > 0
     assert result["identical"]
     assert result["seconds_one"] > 0 and result["seconds_job"] > 0 and math.isfinite(result["speedup"])

@@ -181,9 +181,15 @@ calls = []
 invert = api.invert
 def logged(ldm, images, prompts, **kw):
     calls.append(len(prompts))
-    time.sleep(0.3)  # long enough that both processes are inside the loop together
+    time.sleep(0.3)
     return invert(ldm, images, prompts, **kw)
 api.invert = logged
+if "RANK" in os.environ:  # start the loop together (on a busy machine one process could otherwise do it all)
+    ready = store_root + ".ready"
+    os.makedirs(ready, exist_ok=True)
+    open(os.path.join(ready, os.environ["RANK"]), "w").close()
+    while len(os.listdir(ready)) < int(os.environ["WORLD_SIZE"]):
+        time.sleep(0.05)
 images = torch.rand(10, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 prompts = tuple(f"a shape {i}" for i in range(10))
 inv = concept_memory.invert_set(load_ldm(model), ImageSet("E", images, prompts), Store(store_root), method="ddim",
@@ -287,6 +293,11 @@ def logged(ldm, images, prompts, **kw):
     time.sleep(0.3)
     return invert(ldm, images, prompts, **kw)
 api.invert = logged
+if "RANK" in os.environ:  # start the loop together (on a busy machine one kernel could otherwise do it all)
+    os.makedirs("ready", exist_ok=True)
+    open(os.path.join("ready", os.environ["RANK"]), "w").close()
+    while len(os.listdir("ready")) < int(os.environ["WORLD_SIZE"]):
+        time.sleep(0.05)
 images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 inv = concept_memory.invert_set(load_ldm(model), ImageSet("E", images, ("a shape",) * 8), default_store(),
                                 method="ddim", num_steps=3, batch_size=2, progress=False)

@@ -166,6 +166,23 @@ def test_map_items_waits_for_nobody_when_it_can_take_every_batch(tmp_path):
     assert [e.meta["item"] for e in entries] == [0, 1, 2]
 
 
+# Both multi-process tests: count the batches api.invert receives (each made to last 0.3 s), and under a launcher
+# wait until every process has reached the loop (on a busy machine one could otherwise do it all). Needs `ready`.
+COUNTED_TOGETHER = """\
+calls = []
+invert = api.invert
+def logged(ldm, images, prompts, **kw):
+    calls.append(len(prompts))
+    time.sleep(0.3)
+    return invert(ldm, images, prompts, **kw)
+api.invert = logged
+if "RANK" in os.environ:
+    os.makedirs(ready, exist_ok=True)
+    open(os.path.join(ready, os.environ["RANK"]), "w").close()
+    while len(os.listdir(ready)) < int(os.environ["WORLD_SIZE"]):
+        time.sleep(0.05)
+"""
+
 SHARED_LOOP = """\
 import json, os, sys, time
 import torch
@@ -177,19 +194,8 @@ from memories_lib.inversion import api
 
 torch.set_num_threads(1)
 model, store_root, log, batch_size = sys.argv[1:5]
-calls = []
-invert = api.invert
-def logged(ldm, images, prompts, **kw):
-    calls.append(len(prompts))
-    time.sleep(0.3)
-    return invert(ldm, images, prompts, **kw)
-api.invert = logged
-if "RANK" in os.environ:  # start the loop together (on a busy machine one process could otherwise do it all)
-    ready = store_root + ".ready"
-    os.makedirs(ready, exist_ok=True)
-    open(os.path.join(ready, os.environ["RANK"]), "w").close()
-    while len(os.listdir(ready)) < int(os.environ["WORLD_SIZE"]):
-        time.sleep(0.05)
+ready = store_root + ".ready"
+{COUNTED_TOGETHER}
 images = torch.rand(10, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 prompts = tuple(f"a shape {i}" for i in range(10))
 inv = concept_memory.invert_set(load_ldm(model), ImageSet("E", images, prompts), Store(store_root), method="ddim",
@@ -197,7 +203,7 @@ inv = concept_memory.invert_set(load_ldm(model), ImageSet("E", images, prompts),
 torch.save({"seeds": inv.seeds, "psnr": torch.as_tensor(inv.psnr)}, log + ".pt")
 with open(log + ".json", "w") as f:
     json.dump({"rank": os.environ.get("RANK"), "calls": calls}, f)
-"""
+""".replace("{COUNTED_TOGETHER}", COUNTED_TOGETHER)
 
 
 @pytest.mark.parametrize("batch_size", [2, 8])
@@ -286,18 +292,8 @@ from memories_lib.experiments import concept_memory
 from memories_lib.inversion import api
 
 torch.set_num_threads(1)
-calls = []
-invert = api.invert
-def logged(ldm, images, prompts, **kw):
-    calls.append(len(prompts))
-    time.sleep(0.3)
-    return invert(ldm, images, prompts, **kw)
-api.invert = logged
-if "RANK" in os.environ:  # start the loop together (on a busy machine one kernel could otherwise do it all)
-    os.makedirs("ready", exist_ok=True)
-    open(os.path.join("ready", os.environ["RANK"]), "w").close()
-    while len(os.listdir("ready")) < int(os.environ["WORLD_SIZE"]):
-        time.sleep(0.05)
+ready = "ready"
+{COUNTED_TOGETHER}
 images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 inv = concept_memory.invert_set(load_ldm(model), ImageSet("E", images, ("a shape",) * 8), default_store(),
                                 method="ddim", num_steps=3, batch_size=2, progress=False)
@@ -306,7 +302,7 @@ with open(f"calls-{os.environ.get('RANK', 'single')}.json", "w") as f:
 glue("psnr_sum", float(inv.psnr.sum()), display=False)
 glue("seed_sum", float(inv.seeds.double().sum()), display=False)
 ```
-"""
+""".replace("{COUNTED_TOGETHER}", COUNTED_TOGETHER)
 
 
 def _glued(path: Path) -> dict:

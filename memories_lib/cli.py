@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: the GPU when present)")
     audit.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
                        help="auto (default): float16 on a GPU for ddim and renoise (measured: benchmarks/RESULTS.md), "
-                            "else float32")
+                            "else float32; float32 is the official code's precision")
     audit.add_argument("--judges", nargs=2, default=None, metavar=("PROFILE", "CONCEPT"),
                        help="score the regenerations with this profile's detector and similarity model for CONCEPT")
     audit.add_argument("--out", default="audit", help="the report's folder (default: ./audit)")

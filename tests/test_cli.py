@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import nbformat
 import papermill
@@ -279,3 +281,32 @@ def test_check_book_prints_every_problem_and_fails(root, monkeypatch, capsys, tm
     captured = capsys.readouterr()
     assert '_executed/a.html: [cell] a table cell reads "NaN"' in captured.out
     assert "1 problem on 1 of" in captured.err
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _documented_runs() -> list[tuple[str, list[str]]]:
+    """Every `memories run ...` command the README, the book's pages and the chapters show, as argv."""
+    runs = []
+    for page in [REPO / "README.md", *sorted((REPO / "book").glob("*.md")), *sorted((REPO / "notebooks").glob("*.md"))]:
+        for line in page.read_text().splitlines():
+            for marker in ("bin/memories run ", "memories_lib.cli run "):
+                if marker in line:
+                    command = line.split(marker, 1)[1].split("`", 1)[0].split(" #", 1)[0]
+                    runs.append((f"{page.name}: {line.strip()}", ["run", *shlex.split(command)]))
+    return runs
+
+
+def test_every_documented_run_command_names_a_chapter_and_its_parameters(monkeypatch, tmp_path):
+    """A command shown to readers must run: its chapter exists, its -p names are declared with values of their type."""
+    monkeypatch.setenv("MEMORIES_SD14", str(tmp_path))  # sd14's paths are only read when its world opens
+    runs = _documented_runs()
+    assert len(runs) >= 8, runs  # the README and reproduce.md show several
+    for where, argv in runs:
+        args = cli.build_parser().parse_args(argv)
+        chapter = book.resolve_chapter(REPO, args.notebook)
+        try:
+            book.chapter_parameters(chapter, args.profile, cli._overrides(args.parameter))
+        except book.ParameterError as err:
+            pytest.fail(f"{where}: {err}")

@@ -1,4 +1,8 @@
-"""Run the benchmarks: ``python -m benchmarks.run [name ...] [-- options passed to each]``.
+"""Run the benchmarks: ``python -m benchmarks.run [name ...] [--] [options passed to each]``.
+
+The names come first; everything from the first argument that starts with ``-`` on (a lone
+``--`` is dropped) goes to every named benchmark: ``official --images 16`` and
+``official -- --images 16`` are the same run.
 
 Every ``benchmarks/bench_<name>.py`` module has ``main(argv: list[str] | None) -> dict``; it
 prints its measured ratios with their goals and PASS/FAIL and returns them. A goal that is
@@ -38,9 +42,17 @@ def run(names: list[str] | None = None, argv: list[str] | None = None) -> dict[s
     return results
 
 
+def split_arguments(args: list[str]) -> tuple[list[str], list[str]]:
+    """(benchmark names, options for each): the names are the arguments before the first that starts with '-'."""
+    first = next((i for i, a in enumerate(args) if a.startswith("-")), len(args))
+    names, options = list(args[:first]), list(args[first:])
+    if options[:1] == ["--"]:
+        options = options[1:]
+    return names, options
+
+
 def main(args: list[str] | None = None) -> int:
-    args = sys.argv[1:] if args is None else args
-    names, argv = (args[: args.index("--")], args[args.index("--") + 1 :]) if "--" in args else (args, [])
+    names, argv = split_arguments(sys.argv[1:] if args is None else args)
     try:
         run(names, argv)
     except ValueError as err:

@@ -96,3 +96,13 @@ def test_shared_benchmark_splits_the_images_between_the_processes(tmp_path, caps
     assert result["identical"]
     assert result["seconds_one"] > 0 and result["seconds_job"] > 0 and math.isfinite(result["speedup"])
     assert "speedup" in capsys.readouterr().out
+
+
+def test_the_runner_passes_options_with_or_without_the_separator():
+    from benchmarks.run import main, split_arguments
+
+    assert split_arguments(["official", "--images", "16"]) == (["official"], ["--images", "16"])
+    assert split_arguments(["official", "--", "--images", "16"]) == (["official"], ["--images", "16"])
+    assert split_arguments(["official", "precision"]) == (["official", "precision"], [])
+    assert split_arguments(["--", "--record"]) == ([], ["--record"])
+    assert main(["no-such-benchmark"]) == 1

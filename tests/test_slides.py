@@ -176,6 +176,46 @@ def test_the_title_slide_lists_every_profile_of_a_mixed_book(tmp_path: Path) -> 
     assert "4 patches" in page
 
 
+def test_a_slide_of_a_chapter_that_does_not_run_in_the_world_is_left_out(tmp_path: Path, capsys, monkeypatch) -> None:
+    from memories_lib.book.execute import write_placeholder
+    from memories_lib.book.toc import Chapter
+
+    monkeypatch.setenv("MEMORIES_SD14", str(tmp_path))  # the profile's paths are not opened here
+
+    write_chapter(tmp_path, profile="sd14")
+    (tmp_path / "notebooks" / "03_erasure.md").write_text("---\nmemories:\n  worlds: [shapes]\n---\n# Erasing\n")
+    chapter = Chapter(name="03_erasure", source=tmp_path / "notebooks" / "03_erasure.md", root=tmp_path)
+    write_placeholder(chapter, _sd_profile(tmp_path, "tiny-sd"))
+    deck = DECK + "\n---\n\n# Motivation\nfigure: 03_erasure/fig-erasure-grid\n- {glue:03_erasure/n_concepts} concepts\n"
+    page = build_slides(tmp_path, write_deck(tmp_path, deck)).read_text()
+    assert page.count('<section class="slide') == 2 and "Motivation" not in page
+    assert "1 / 2" in page and "2 / 2" in page  # numbered among the slides shown
+    assert ("slide 3 ('Motivation') is left out: chapter 03_erasure was not executed in this book's "
+            "stable-diffusion world") in capsys.readouterr().err
+    first = write_deck(tmp_path, "# Title\nlayout: title\n- {glue:03_erasure/n_concepts}\n\n---\n\n" + DECK)
+    with pytest.raises(SlidesError, match="the deck's first slide reads a chapter this book's world does not execute"):
+        build_slides(tmp_path, first)
+
+
+def _sd_profile(root: Path, name: str) -> Path:
+    """A profile file of a Stable Diffusion world (only its world's kind matters to a placeholder)."""
+    from memories_lib.core.profile import PROFILES_DIR
+
+    text = (PROFILES_DIR / "sd14.yaml").read_text().replace("name: sd14", f"name: {name}")
+    path = root / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_the_title_slide_names_a_profile_given_as_a_file_by_its_name(tmp_path: Path) -> None:
+    path = write_chapter(tmp_path, profile="mine")
+    nb = nbformat.read(path, as_version=4)
+    nb.metadata["papermill"]["parameters"]["profile"] = str(tmp_path / "profiles" / "mine.yaml")
+    nbformat.write(nb, path)
+    page = build_slides(tmp_path, write_deck(tmp_path)).read_text()
+    assert "Executed with the mine profile on Linux x86_64, 2 CPU cores, no GPU" in page
+
+
 def test_a_missing_glue_key_is_named_with_the_keys_that_exist(tmp_path: Path) -> None:
     write_chapter(tmp_path)
     deck = write_deck(tmp_path, "# T\n- {glue:04_concept_memory/psnr_median:.1f}\n")
@@ -263,6 +303,10 @@ def test_the_shipped_deck_names_only_what_the_chapters_declare() -> None:
             problems.append(f"slide {slide.title!r}: figure {slide.figure.chapter}/{slide.figure.name}")
     assert not problems, "the deck names what no chapter declares:\n" + "\n".join(problems)
     assert slides[0].layout == "title" and all(s.notes for s in slides)
+    # the title slide reads only chapters that run in every world, so a Stable Diffusion book has one too
+    from memories_lib.book.toc import chapter_worlds
+
+    assert all(chapter_worlds(ROOT / "notebooks" / f"{c}.md") is None for c in slides[0].chapters())
     used = {c for s in slides for c, _ in s.references()} | {s.figure.chapter for s in slides if s.figure}
     assert {"01_background", "04_concept_memory", "05_many_memories", "06_geometry", "07_limitations"} <= used
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import nbformat
 
+from ..core.progress import note
 from . import statistics
 from .toc import EXECUTED_DIR, SOURCE_DIR, BookError
 
@@ -65,6 +66,11 @@ class Slide:
         """The (chapter, key) of every glue reference in the title, bullets and notes."""
         texts = [self.title, *self.bullets, self.notes]
         return [(m["chapter"], m["key"]) for text in texts for m in GLUE_REF.finditer(text)]
+
+    def chapters(self) -> list[str]:
+        """Every chapter the slide reads, in order of first use."""
+        named = [c for c, _ in self.references()] + ([self.figure.chapter] if self.figure else [])
+        return list(dict.fromkeys(named))
 
 
 @dataclass(frozen=True)
@@ -197,6 +203,11 @@ class ExecutedBook:
             self._notebooks[chapter] = nbformat.read(path, as_version=4)
         return self._notebooks[chapter]
 
+    def placeholder(self, chapter: str) -> str | None:
+        """The world a chapter was not executed in (its executed copy is a placeholder page), else None."""
+        meta = self.notebook(chapter).metadata.get("memories", {})
+        return str(meta.get("world", "this world")) if meta.get("placeholder") else None
+
     def require(self, chapters: list[str]) -> None:
         """A SlidesError naming every chapter of ``chapters`` that has not been executed (one at a time is slow)."""
         missing = sorted(c for c in chapters if not (self.executed_dir / f"{c}.ipynb").is_file())
@@ -261,7 +272,9 @@ class ExecutedBook:
             papermill = self.notebook(chapter).metadata.get("papermill", {})
             banner = self.banner(chapter)
             named = BANNER.search(banner)
-            profile = str(papermill.get("parameters", {}).get("profile") or (named[1] if named else "unknown"))
+            # the banner names the profile; papermill's parameter may be a YAML file's path
+            given = str(papermill.get("parameters", {}).get("profile") or "unknown")
+            profile = named[1] if named else (Path(given).stem if given.endswith((".yaml", ".yml")) else given)
             profiles.setdefault(profile, []).append(chapter)
             end = papermill.get("end_time") or papermill.get("start_time")
             if end:
@@ -453,10 +466,30 @@ fromHash();
 """
 
 
+def applicable(slides: list[Slide], book: ExecutedBook) -> tuple[list[Slide], list[str]]:
+    """The slides whose chapters were executed in this book's world, and a line for each one left out.
+
+    A chapter that does not run in the profile's world (the shapes world's own chapters, in a Stable
+    Diffusion book) is a placeholder page with nothing to show, so its slides are left out.
+    """
+    book.require(list(dict.fromkeys(c for s in slides for c in s.chapters())))
+    kept, left_out = [], []
+    for number, slide in enumerate(slides, start=1):
+        elsewhere = [c for c in slide.chapters() if book.placeholder(c)]
+        if elsewhere:
+            left_out.append(f"slide {number} ({slide.title!r}) is left out: chapter {elsewhere[0]} was not executed "
+                            f"in this book's {book.placeholder(elsewhere[0])} world")
+        else:
+            kept.append(slide)
+    if not kept or kept[0] is not slides[0]:
+        raise SlidesError("the deck's first slide reads a chapter this book's world does not execute: "
+                          + "; ".join(left_out))
+    return kept, left_out
+
+
 def render_deck(slides: list[Slide], book: ExecutedBook, title: str | None = None) -> str:
     """The deck as one self-contained HTML page."""
-    used = list(dict.fromkeys([c for s in slides for c, _ in s.references()]
-                              + [s.figure.chapter for s in slides if s.figure is not None]))
+    used = list(dict.fromkeys(c for s in slides for c in s.chapters()))
     if not used:
         raise SlidesError("the deck uses no chapter: it names no figure and no glued value")
     book.require(used)
@@ -481,7 +514,11 @@ def build_slides(root: str | Path, deck: str | Path | None = None, output: str |
     if not deck_path.is_file():
         raise SlidesError(f"no deck file at {deck_path}")
     slides = parse_deck(deck_path.read_text(encoding="utf-8"), source=str(deck_path))
-    page = render_deck(slides, ExecutedBook(root))
+    book = ExecutedBook(root)
+    slides, left_out = applicable(slides, book)
+    for line in left_out:
+        note(line)
+    page = render_deck(slides, book)
     out = Path(output) if output else root / OUTPUT_PATH
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import torch
 import yaml
 
 from conftest import REPO, make_book_root
 from memories_lib import __version__, book
+from memories_lib.core import paths
 from memories_lib.book import BookError, NotebookParameter, ParameterError
 from memories_lib.book import sphinx as book_sphinx
 from memories_lib.core.profile import PROFILES_DIR, load_profile
@@ -443,11 +445,71 @@ def test_statistics_page_shows_the_latest_cold_and_warm_run_per_chapter(tmp_path
     assert "No chapter run" in stats.statistics_markdown([], ["01_a"])
     written = stats.write_statistics_page(tmp_path, ["01_a", "02_b"])
     assert written.name == stats.PAGE_NAME and written.read_text() == page
-    # a run that added files to the cache is cold
-    monkeypatch.setenv("MEMORIES_CACHE", str(tmp_path / "cache"))
-    (tmp_path / "cache" / "results").mkdir(parents=True)
-    (tmp_path / "cache" / "results" / "x.pt").write_bytes(b"1")
-    assert stats.count_cache_files() == 1
+
+
+STORES = """\
+# Stores
+
+```{code-cell} ipython3
+:tags: [parameters]
+
+profile = "tiny"  # profile
+key = "a"  # the entry's key
+```
+
+```{code-cell} ipython3
+import torch
+from memories_lib.core.store import default_store
+
+store = default_store()
+if store.get(store.key(test=key)) is None:
+    store.put(store.key(test=key), {"x": torch.ones(2)})
+```
+"""
+
+
+BESIDE = """
+import sys, time
+from pathlib import Path
+from memories_lib.core.paths import cache_dir
+stop, n = Path(sys.argv[1]), 0
+while not stop.exists() and n < 2000:
+    (cache_dir() / f"beside-{n}").write_bytes(b"x")
+    n += 1
+    time.sleep(0.01)
+"""
+
+
+def test_a_run_is_cold_when_its_own_kernel_writes_to_the_cache_whatever_runs_beside_it(tmp_path, memories_cache):
+    root = make_book_root(tmp_path / "book", {"05_stores": STORES, "02_probe": PROBE})
+    first = book.execute_chapter(_chapter(root, "05_stores"), "tiny", {"key": f"k-{tmp_path.name}"}, progress=False)
+    book.execute_chapter(_chapter(root, "05_stores"), "tiny", {"key": f"k-{tmp_path.name}"}, progress=False)
+    # a chapter that computes nothing, while another process (as a chapter beside it would) fills the cache
+    stop = tmp_path / "stop"
+    beside = subprocess.Popen([sys.executable, "-c", BESIDE, str(stop)])
+    try:
+        book.execute_chapter(_chapter(root, "02_probe"), "tiny", progress=False)
+    finally:
+        stop.touch()
+        assert beside.wait(timeout=60) == 0
+    assert len(list(memories_cache.rglob("beside-*"))) > 0, "the process beside wrote nothing during the run"
+    runs = book.statistics.read_log(first.parent / book.statistics.LOG_NAME)
+    assert [(r.chapter, r.cache, r.cache_files_added) for r in runs] == [
+        ("05_stores", "cold", 1), ("05_stores", "warm", 0), ("02_probe", "warm", 0)]
+    assert paths.CACHE_WRITES_ENV not in os.environ  # the runner leaves the environment as it found it
+
+
+def test_cache_writes_are_noted_only_where_the_runner_asks(tmp_path, monkeypatch):
+    from memories_lib.core.store import Store, write_folder_atomically
+
+    log = tmp_path / "writes"
+    monkeypatch.delenv(paths.CACHE_WRITES_ENV, raising=False)
+    Store(tmp_path / "s").put(Store.key(test="a"), {"x": torch.ones(1)})
+    assert paths.count_cache_writes(log) == 0  # nobody asked
+    monkeypatch.setenv(paths.CACHE_WRITES_ENV, str(log))
+    Store(tmp_path / "s").put(Store.key(test="b"), {"x": torch.ones(1)})
+    write_folder_atomically(tmp_path / "folder", lambda tmp: tmp.mkdir())
+    assert paths.count_cache_writes(log) == 2  # one entry, one folder
 
 
 def test_failed_cell_raises_book_error_and_keeps_the_executed_copy(root):

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
-from ..core import distributed
+from ..core import distributed, paths
 from ..core.profile import Profile
 from . import statistics, terminal
 from .parameters import as_profile, chapter_parameters
@@ -37,11 +39,26 @@ def _kernel_over_unix_sockets(folder: Path) -> "Config":
     return Config({"KernelManager": {"transport": "ipc", "ip": str(folder / "kernel")}})
 
 
+@contextlib.contextmanager
+def _cache_writes_noted_in(log: Path) -> Iterator[Path]:
+    """The kernels started inside note their writes to the cache in ``log`` (``core.paths.note_cache_write``)."""
+    before = os.environ.get(paths.CACHE_WRITES_ENV)
+    os.environ[paths.CACHE_WRITES_ENV] = str(log)
+    try:
+        yield log
+    finally:
+        if before is None:
+            os.environ.pop(paths.CACHE_WRITES_ENV, None)
+        else:
+            os.environ[paths.CACHE_WRITES_ENV] = before
+
+
 def run_notebook(chapter: Chapter, parameters: Mapping[str, Any], output: Path, progress: bool) -> Path:
     """Execute ``chapter`` with papermill and ``parameters`` (already checked) into ``output``.
 
     A successful run is appended to the execution log beside ``output`` (``statistics``): its
-    duration, and whether it found everything in the cache (warm) or computed something (cold).
+    duration, and whether its kernel found everything in the cache (warm) or wrote something to it
+    (cold), counted by the kernel itself, so that a chapter run beside it does not change the count.
     With ``progress``, stderr shows the cells and the library's loops and notes as the kernel runs
     them (``terminal``); they never reach the notebook.
 
@@ -59,10 +76,10 @@ def run_notebook(chapter: Chapter, parameters: Mapping[str, Any], output: Path, 
     output.parent.mkdir(parents=True, exist_ok=True)
     papermill_log = logging.getLogger("papermill")
     papermill_log.addFilter(_drop_unknown_parameter_warnings)
-    cache_before = statistics.count_cache_files()
     start = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory(prefix="memories-run-") as tmp, \
+                _cache_writes_noted_in(Path(tmp) / "cache-writes") as writes, \
                 terminal.chapter_progress(chapter.name, progress and job.is_main) as progress_bar:
             ipynb = Path(tmp) / f"{chapter.name}.ipynb"
             jupytext.write(nb, ipynb)
@@ -87,6 +104,7 @@ def run_notebook(chapter: Chapter, parameters: Mapping[str, Any], output: Path, 
                 ) from None
             if not job.is_main:
                 return output
+            cached = paths.count_cache_writes(writes)
     finally:
         papermill_log.removeFilter(_drop_unknown_parameter_warnings)
     seconds = statistics.papermill_seconds(output) or time.perf_counter() - start
@@ -96,7 +114,7 @@ def run_notebook(chapter: Chapter, parameters: Mapping[str, Any], output: Path, 
         chapter.name,
         as_profile(profile).name if profile is not None else "-",
         seconds,
-        statistics.count_cache_files() - cache_before,
+        cached,
     )
     return output
 

@@ -5,10 +5,11 @@ to ``execution_log.jsonl`` in the folder of the executed notebook (``_executed/`
 the chapter, the profile, the seconds papermill measured, the date, the machine, and the state of
 the cache.
 
-Cold and warm. The cache (``$MEMORIES_CACHE``: trained worlds, erased models, the results store)
-is counted, in files, before and after the run. A run that added nothing found every model and
-result it needed there: it is **warm**, and its time is that of rerunning the chapter after a
-prose edit. A run that added files computed something: it is **cold**. A run that found part of
+Cold and warm. The chapter's kernel notes every entry it writes to the cache (``$MEMORIES_CACHE``:
+a result of the store, a trained world's stage, an erased model; ``core.paths.note_cache_write``),
+so a chapter that runs beside it does not change its count. A run that wrote nothing found every
+model and result it needed there: it is **warm**, and its time is that of rerunning the chapter
+after a prose edit. A run that wrote something computed it: it is **cold**. A run that found part of
 its results (an interrupted run resumed, one parameter changed) is cold too, so the cold time of
 the page is the time of the latest run that computed anything, not necessarily of an empty cache.
 A chapter that stores nothing (one that recomputes everything each time) is warm on every run.
@@ -27,16 +28,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..core.paths import cache_dir
-
 LOG_NAME = "execution_log.jsonl"
 PAGE_NAME = "execution_statistics.md"
-
-
-def count_cache_files(root: Path | None = None) -> int:
-    """Files under the cache root (``$MEMORIES_CACHE``), at any depth."""
-    root = cache_dir() if root is None else Path(root)
-    return sum(len(files) for _, _, files in os.walk(root))
 
 
 def machine() -> dict[str, Any]:
@@ -63,7 +56,7 @@ class RunRecord:
     seconds: float
     date: str
     cache: str  # "cold" or "warm" (module docstring)
-    cache_files_added: int
+    cache_files_added: int  # entries the chapter's kernel wrote to the cache (the name is the log's)
     machine: dict[str, Any]
 
     @classmethod
@@ -151,7 +144,7 @@ def statistics_markdown(records: Iterable[RunRecord], chapters: Iterable[str]) -
         name = machines.setdefault(label, f"M{len(machines) + 1}")
         return f"{_duration(r.seconds)} ({r.date[:10]}, {name})"
 
-    lines = ["| chapter | profile | cold | warm | files the cold run cached |", "|---|---|---|---|---|"]
+    lines = ["| chapter | profile | cold | warm | entries the cold run cached |", "|---|---|---|---|---|"]
     for chapter, profile in keys:
         runs = latest[chapter, profile]
         cold, warm = runs.get("cold"), runs.get("warm")

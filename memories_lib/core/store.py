@@ -37,7 +37,7 @@ import safetensors.torch
 import torch
 
 from . import distributed
-from .paths import cache_dir
+from .paths import cache_dir, note_cache_write
 from .progress import tqdm
 
 FORMAT_VERSION = 1  # part of every key: bump it when the layout or the meaning of entries changes
@@ -226,6 +226,7 @@ def write_folder_atomically(target: str | Path, write: Callable[[Path], None]) -
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp_parent, ignore_errors=True)
+    note_cache_write(target)
     return target
 
 
@@ -321,6 +322,7 @@ class Store:
         data_path.parent.mkdir(parents=True, exist_ok=True)
         _atomic_write(data_path, data)
         _atomic_write(meta_path, json.dumps(doc, indent=1, sort_keys=True).encode())
+        note_cache_write(data_path)
         return Entry(key=key, tensors=clean, meta=meta, parts=parts)
 
     def get(self, key: str) -> Entry | None:

@@ -234,6 +234,36 @@ def test_sib_chapters_run_end_to_end_in_the_tiny_stable_diffusion_world(tmp_path
     for column in expected:
         assert column in text, f"the chapter's tables have no column {column!r}"
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name, parameters, expected", [
+    ("01_background", {"num_reference": 200, "compare_images": 2, "roundtrip_images": 2, "divergence_images": 2,
+                       "step_counts": [2, 5]}, ("nti-memories", "the profile's Stable Diffusion model")),
+    ("07_limitations", {"num_steps": 2, "filter_erased_set": False, "num_scrambled": 2},
+     ("uce", "esd-pub", "the profile's detector of the concept")),
+    ("09_three_views", {"num_steps": 2, "filter_erased_set": False, "num_images": 4, "attack_pairs": 2,
+                        "attack_stages": 2, "attack_iterations": 2, "num_reference": 1000, "official_draws": 50,
+                        "n_boot": 50, "images_per_concept": 2},
+     ("esd-pub", "church", "published checkpoints where the profile names them")),
+])
+def test_the_other_chapters_of_every_world_run_in_the_tiny_stable_diffusion_world(tmp_path, name, parameters,
+                                                                                   expected):
+    """Chapters 1, 7 and 9 (every world's) on a Stable-Diffusion-layout world, whose paper tables then give the
+    reasons of that world, not the shapes world's."""
+    import json
+
+    from memories_lib.book import execute_chapter, resolve_chapter
+    from conftest import REPO
+
+    profile = build_tiny_sd_world(tmp_path / "world")
+    out = execute_chapter(resolve_chapter(REPO, name), str(profile), parameters, output=tmp_path / f"{name}.ipynb",
+                          progress=False)
+    text = json.dumps([c.get("outputs", []) for c in json.loads(out.read_text())["cells"]])
+    assert "Traceback" not in text and "Error" not in text
+    for word in expected:
+        assert word in text, f"{name} in the Stable Diffusion world does not show {word!r}"
+    assert "no Stable Diffusion weights can be downloaded" not in text and "no COCO here" not in text
+
+
 def test_shapes_guides_replace_the_concept_by_its_kinds_anchor():
     import dataclasses
 

@@ -424,7 +424,7 @@ def test_execute_chapter_runs_in_this_interpreter_at_the_root(root, memories_cac
     assert "without encryption" not in capfd.readouterr().err
 
 
-def test_statistics_page_shows_the_latest_cold_and_warm_run_per_chapter(tmp_path, monkeypatch):
+def test_statistics_page_shows_the_latest_cold_and_warm_run_per_chapter(tmp_path):
     stats = book.statistics
     log = tmp_path / stats.LOG_NAME
     day = __import__("datetime").datetime(2026, 1, 2, 3, 4, 5)

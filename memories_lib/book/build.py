@@ -100,17 +100,10 @@ def execute_chapters(plans: list[tuple[Chapter, dict[str, Any]]], root: Path, pr
     tasks = [(chapter, parameters, root, progress) for chapter, parameters in ordered]
     if progress and n > 1:
         print(f"[memories] executing {len(tasks)} chapters, {n} at a time", file=sys.stderr)
-    previous = os.environ.get(terminal.LINES_ENV)
-    if n > 1:  # the chapters share the terminal: each prints plain lines instead of rewriting one
-        os.environ[terminal.LINES_ENV] = "1"
-    try:
+    # the chapters share the terminal: each prints plain lines instead of rewriting one
+    with parallel.child_environ(terminal.LINES_ENV, "1" if n > 1 else None):
         parallel.map_processes(_execute_one, tasks, workers=n, label=lambda task: f"chapter {task[0].name}",
                                quiet=not progress)
-    finally:
-        if previous is None:
-            os.environ.pop(terminal.LINES_ENV, None)
-        else:
-            os.environ[terminal.LINES_ENV] = previous
 
 
 def _execute_one(task: tuple[Chapter, dict[str, Any], Path, bool]) -> None:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
-from ..core import distributed, paths
+from ..core import distributed, parallel, paths
 from ..core.profile import Profile
 from . import statistics, terminal
 from .parameters import as_profile, chapter_parameters
@@ -39,20 +37,6 @@ def _kernel_over_unix_sockets(folder: Path) -> "Config":
     return Config({"KernelManager": {"transport": "ipc", "ip": str(folder / "kernel")}})
 
 
-@contextlib.contextmanager
-def _cache_writes_noted_in(log: Path) -> Iterator[Path]:
-    """The kernels started inside note their writes to the cache in ``log`` (``core.paths.note_cache_write``)."""
-    before = os.environ.get(paths.CACHE_WRITES_ENV)
-    os.environ[paths.CACHE_WRITES_ENV] = str(log)
-    try:
-        yield log
-    finally:
-        if before is None:
-            os.environ.pop(paths.CACHE_WRITES_ENV, None)
-        else:
-            os.environ[paths.CACHE_WRITES_ENV] = before
-
-
 def run_notebook(chapter: Chapter, parameters: Mapping[str, Any], output: Path, progress: bool) -> Path:
     """Execute ``chapter`` with papermill and ``parameters`` (already checked) into ``output``.
 
@@ -79,7 +63,7 @@ def run_notebook(chapter: Chapter, parameters: Mapping[str, Any], output: Path, 
     start = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory(prefix="memories-run-") as tmp, \
-                _cache_writes_noted_in(Path(tmp) / "cache-writes") as writes, \
+                parallel.child_environ(paths.CACHE_WRITES_ENV, str(writes := Path(tmp) / "cache-writes")), \
                 terminal.chapter_progress(chapter.name, progress and job.is_main) as progress_bar:
             ipynb = Path(tmp) / f"{chapter.name}.ipynb"
             jupytext.write(nb, ipynb)

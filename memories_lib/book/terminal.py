@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator, Mapping, TextIO
 
 from tqdm.std import tqdm as std_tqdm
 
+from ..core.parallel import child_environ
 from ..core.progress import ENV
 
 #: Seconds between two plain lines of one loop when the terminal is not a TTY.
@@ -204,31 +205,24 @@ def chapter_progress(chapter: str, enabled: bool = True, stream: TextIO | None =
     kernel sends nothing and its notes are dropped rather than printed into the notebook).
     ``MEMORIES_PROGRESS`` is restored afterwards.
     """
-    previous = os.environ.get(ENV)
-    try:
-        if not enabled:
-            os.environ[ENV] = "off"
+    if not enabled:
+        with child_environ(ENV, "off"):
             yield False
-            return
-        display = Display(chapter, stream or sys.stderr)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            sock.settimeout(TICK)
-            address = sock.getsockname()
-            stop = threading.Event()
-            reader = threading.Thread(target=_read, args=(sock, display, stop), name=f"progress {chapter}", daemon=True)
-            reader.start()
-            os.environ[ENV] = f"{address[0]}:{address[1]}"
-            try:
+        return
+    display = Display(chapter, stream or sys.stderr)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(TICK)
+        address = sock.getsockname()
+        stop = threading.Event()
+        reader = threading.Thread(target=_read, args=(sock, display, stop), name=f"progress {chapter}", daemon=True)
+        reader.start()
+        try:
+            with child_environ(ENV, f"{address[0]}:{address[1]}"):
                 yield {"file": _CellBarFile(display), "bar_format": "{n}/{total}"}
-            finally:
-                stop.set()
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as waker:
-                    waker.sendto(b"", address)
-                reader.join(timeout=5)
-                display.finish()
-    finally:
-        if previous is None:
-            os.environ.pop(ENV, None)
-        else:
-            os.environ[ENV] = previous
+        finally:
+            stop.set()
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as waker:
+                waker.sendto(b"", address)
+            reader.join(timeout=5)
+            display.finish()

@@ -10,12 +10,13 @@ cores, results returned in order, and a line per finished task on stderr.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import sys
 import time
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from .throughput import max_threads
 
@@ -26,6 +27,21 @@ def worker_count(tasks: int, workers: int | None = None) -> int:
     if allowed < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     return max(1, min(allowed, tasks))
+
+
+@contextlib.contextmanager
+def child_environ(name: str, value: str | None) -> Iterator[None]:
+    """``$name`` set to ``value`` (None: left as it is) for the processes started inside, restored after."""
+    previous = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
 
 
 def _init_worker(threads: int) -> None:

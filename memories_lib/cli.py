@@ -202,11 +202,12 @@ def _cmd_tune_erasure(args: argparse.Namespace) -> int:
         raise ParameterError(str(err)) from None
     tables = run_tuning(world, args.seeds, args.sweeps, args.concepts, args.n, progress=not args.quiet)
     for seed, table in tables.items():
-        shown = table.assign(erased=100 * table["erased"], others=100 * table["others"],
-                             others_base=100 * table["others_base"])
-        print(f"\nworld trained with seed {seed}:")
-        print(shown[["sweep", "value", "concept", "erased", "others", "others_base", "passes"]]
-              .to_string(index=False, float_format="{:.1f}".format))
+        shown = table.assign(value=[f"{v:g}" if isinstance(v, float) else str(v) for v in table["value"]],
+                             erased=100 * table["erased"], others=100 * table["others"],
+                             others_base=100 * table["others_base"], lost_most=100 * table["most_hurt_loss"])
+        print(f"\nworld trained with seed {seed} (accuracies in %):")
+        print(shown[["sweep", "value", "concept", "erased", "others", "others_base", "passes", "most_hurt",
+                     "lost_most"]].to_string(index=False, float_format="{:.1f}".format))
     print(f"\n{sum(len(t) for t in tables.values())} points in {time.perf_counter() - start:.0f} s; "
           "chapter 3 reads them from the store when rebuilt")
     return 0

@@ -266,6 +266,21 @@ def test_tune_erasure_prints_every_point(capsys):
     assert "world trained with seed 0" in out and out.count("star") == 2 and "2 points" in out
 
 
+def test_tune_erasure_prints_small_strengths_as_given(monkeypatch, capsys):
+    """A strength of 0.003 is printed as 0.003 (it read "0.0" under the accuracies' one decimal)."""
+    import pandas as pd
+
+    import memories_lib.experiments.erasure_tuning as tuning
+
+    row = {"sweep": "uce", "method": "uce", "strength": "erase_scale", "value": 0.003, "step": 0, "concept": "star",
+           "erased": 0.5, "others": 0.8, "erased_base": 0.9, "others_base": 0.85, "passes": False,
+           "most_hurt": "cross", "most_hurt_loss": 0.125}
+    monkeypatch.setattr(tuning, "run_tuning", lambda *a, **k: {0: pd.DataFrame([row])})
+    assert cli.main(["tune-erasure", "--profile", "tiny", "-q"]) == 0
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.split()[:1] == ["uce"]][0]
+    assert line.split() == ["uce", "0.003", "star", "50.0", "80.0", "85.0", "False", "cross", "12.5"]
+
+
 def test_check_book_without_a_built_book_names_what_to_run(root, capsys):
     assert cli.main(["check-book", "--root", str(root), "--html", str(root / "nowhere")]) == cli.EXIT_FAILED
     assert "no built book" in capsys.readouterr().err

@@ -79,12 +79,54 @@ def test_closest_on_every_training_minimises_the_worst_shortfall():
         tuning.closest_on_every_training({0: seed0, 1: frame([(8, 0.0, 0.8, 0.8)])})
 
 
+def test_sweep_summary_over_trainings_with_a_sweep_left_unmeasured():
+    """Chapter 3's table: a sweep measured on one training only is "not measured" (it made the chapter fail
+    when a profile's other sweeps had not been run), a value passes only if it passes on every training."""
+    sweeps = [Sweep("a", "uce", "erase_scale", [1, 2]), Sweep("b", "uce", "erase_scale", [1, 2], {"token": "all"})]
+
+    def rows(sweep, concept, points):
+        return [{"sweep": sweep, "concept": concept, "value": v, "erased": e, "others": o, "others_base": 0.85,
+                 "most_hurt": "x", "most_hurt_loss": 0.85 - o} for v, e, o in points]
+
+    seed0 = pd.DataFrame(rows("a", "star", [(1, 0.05, 0.84), (2, 0.00, 0.83)])
+                         + rows("a", "cross", [(1, 0.30, 0.85), (2, 0.00, 0.70)])
+                         + rows("b", "star", [(1, 0.00, 0.85)]))
+    seed1 = pd.DataFrame(rows("a", "star", [(1, 0.20, 0.85), (2, 0.00, 0.82)])
+                         + rows("a", "cross", [(1, 0.40, 0.85), (2, 0.02, 0.75)]))
+    summary = tuning.sweep_summary({0: seed0, 1: seed1}, sweeps, ["star", "cross"],
+                                   chosen=lambda sweep, concept: 1 if sweep.name == "a" else None)
+    star, cross = summary.loc["a", "star"], summary.loc["a", "cross"]
+    assert star.measured and star.met and star.passing == [2] and star.closest is None
+    assert star.at_setting == [True, False]                  # 1 passes on seed 0 only
+    assert cross.measured and not cross.met and cross.closest == 2
+    assert not summary.loc["b", "star"].measured and summary.loc["b", "star"].at_setting is None
+    assert summary.loc["b", "cross"].closest is None and not summary.loc["b", "cross"].met
+    assert summary.groupby(level="sweep", sort=False)["met"].sum().to_dict() == {"a": 1, "b": 0}
+
+
 def test_profile_sweeps_are_checked_before_any_work():
     world = open_world("tiny")
     sweeps = tuning.profile_sweeps(world)
     assert [s.name for s in sweeps] == ["uce", "esd-x"]
     with pytest.raises(ValueError, match="no tuning sweep"):
         tuning.profile_sweeps(world, ["fmn"])
+
+
+def test_minis_book_models_are_points_of_its_sweeps():
+    """mini's comment says its UCE and ESD models were chosen from the sweeps: each is a point of one of
+    them, which chapter 3 rings in its trade-off figure (a setting off every sweep would not be drawn)."""
+    from memories_lib.erasure import resolve_params
+    from memories_lib.experiments.models import spec_of
+
+    world = open_world("mini")
+    sweeps = tuning.profile_sweeps(world)
+    prompts = world.concept_prompts(world.profile.concepts[0])
+    for name in ("uce", "esd-x", "esd-u"):
+        spec = spec_of(world, name)
+        chosen = resolve_params(spec.method, spec.params, prompts)
+        on = [(s.name, v) for s in sweeps if s.method == spec.method for v in s.values
+              if resolve_params(s.method, s.params(v), prompts) == chosen]
+        assert len(on) == 1, (name, on)
 
 
 def test_retrained_changes_the_training_seed_only():

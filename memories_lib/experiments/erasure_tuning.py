@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -302,6 +302,37 @@ def closest_on_every_training(points: Mapping[Any, pd.DataFrame], goal: Goal = G
         return worst, -float(np.mean([r["others"] for r in rows]))
 
     return min(values, key=rank)
+
+
+def sweep_summary(tables: Mapping[int, pd.DataFrame], sweeps: Sequence[Sweep], concepts: Sequence[str],
+                  chosen: Callable[[Sweep, str], Any] = lambda sweep, concept: None,
+                  goal: Goal = GOAL) -> pd.DataFrame:
+    """Where each sweep meets the goal, per concept, over several trainings of a world.
+
+    ``tables``: one :func:`sweep_table` per training seed; ``chosen(sweep, concept)``: the profile's setting
+    on that sweep (None when it is not a point of it). One row per (sweep, concept), indexed so, with the
+    columns ``measured`` (some value of the sweep was measured on every training), ``met`` (one of them
+    meets the goal on every training), ``passing`` (those values), ``closest`` (the value closest to the
+    goal on every training when none meets it, else None) and ``at_setting`` (the profile's setting passes,
+    per training in the order of ``tables``; None when it is off the sweep or not measured on every one).
+    """
+    rows = []
+    for sweep in sweeps:
+        for concept in concepts:
+            per = {s: t[(t["sweep"] == sweep.name) & (t["concept"] == concept)].set_index("value")
+                   for s, t in tables.items()}
+            values = [v for v in sweep.values if all(v in p.index for p in per.values())]
+            passing = [v for v in values if all(goal.met(*p.loc[v, ["erased", "others", "others_base"]])
+                                                for p in per.values())]
+            setting = chosen(sweep, concept)
+            at_setting = ([goal.met(*p.loc[setting, ["erased", "others", "others_base"]]) for p in per.values()]
+                          if setting is not None and setting in values else None)
+            rows.append({"sweep": sweep.name, "concept": concept, "setting": setting, "measured": bool(values),
+                         "met": bool(passing), "passing": passing, "at_setting": at_setting,
+                         "closest": closest_on_every_training(per, goal) if values and not passing else None})
+    columns = ["sweep", "concept", "setting", "measured", "met", "passing", "at_setting", "closest"]
+    table = pd.DataFrame(rows, columns=columns, dtype=object)  # None stays None, a setting keeps its type
+    return table.astype({"measured": bool, "met": bool}).set_index(["sweep", "concept"])
 
 
 # --------------------------------------------------------------------------- the tuning run

@@ -185,6 +185,7 @@ def _cmd_tune_erasure(args: argparse.Namespace) -> int:
     import time
 
     from .book import ParameterError
+    from .core.tables import setting_text
     from .experiments.erasure_tuning import profile_sweeps, run_tuning
     from .worlds import open_world
 
@@ -202,7 +203,7 @@ def _cmd_tune_erasure(args: argparse.Namespace) -> int:
         raise ParameterError(str(err)) from None
     tables = run_tuning(world, args.seeds, args.sweeps, args.concepts, args.n, progress=not args.quiet)
     for seed, table in tables.items():
-        shown = table.assign(value=[f"{v:g}" if isinstance(v, float) else str(v) for v in table["value"]],
+        shown = table.assign(value=table["value"].map(setting_text),
                              erased=100 * table["erased"], others=100 * table["others"],
                              others_base=100 * table["others_base"], lost_most=100 * table["most_hurt_loss"])
         print(f"\nworld trained with seed {seed} (accuracies in %):")

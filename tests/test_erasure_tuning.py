@@ -56,6 +56,12 @@ def test_sweep_values_must_increase_and_not_be_fixed():
         Sweep.from_mapping("uce", {"method": "uce", "strength": "erase_scale", "values": [1], "step": 2})
 
 
+def test_a_sweep_describes_its_values_and_fixed_settings():
+    assert Sweep("uce", "uce", "erase_scale", [0.003, 0.1, 1]).describe() == "uce: erase scale 0.003, 0.1, 1"
+    sweep = Sweep("esd-x", "esd-x", "iterations", [50, 100], {"lr": 5e-4, "ddim_steps": 20, "token": ["a", "b"]})
+    assert sweep.describe() == "esd-x: iterations 50, 100; lr 0.0005, ddim steps 20, token a, b"
+
+
 def test_closest_on_one_training_prefers_the_goal_then_the_others():
     table = pd.DataFrame({
         "erased": [0.30, 0.05, 0.05, 0.12],

@@ -68,6 +68,13 @@ def number(value: Any, digits: int | None = None, suffix: str = "") -> str:
     return f"{value:,.{places}f}{suffix}"
 
 
+def setting_text(value: Any) -> str:
+    """A method's setting as text: lists joined, floats in their shortest form (5e-4 -> 0.0005), the rest as is."""
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def signed(value: Any, digits: int = 2) -> str:
     """A difference with its sign (``+0.12``, ``-0.30``); zero as ``0.00``; missing as "–"."""
     if is_missing(value):

@@ -34,6 +34,7 @@ from ..core.judging import judged_generations_many
 from ..core.models import LDM
 from ..core.progress import tqdm
 from ..core.store import Store, default_store
+from ..core.tables import setting_text
 from ..erasure import erase, erased_path, resolve_params
 from ..worlds.base import World
 
@@ -204,6 +205,12 @@ class Sweep:
         """The method's parameters at one point of the sweep."""
         return {**self.fixed, self.strength: value}
 
+    def describe(self) -> str:
+        """The method, the strength's values and the fixed settings: "uce: erase scale 0.01, 0.1; token all"."""
+        fixed = "; " + ", ".join(f"{k.replace('_', ' ')} {setting_text(v)}" for k, v in self.fixed.items())
+        values = ", ".join(map(setting_text, self.values))
+        return f"{self.method}: {self.strength.replace('_', ' ')} {values}" + (fixed if self.fixed else "")
+
     @classmethod
     def from_mapping(cls, name: str, raw: Mapping[str, Any]) -> "Sweep":
         """A sweep from a profile's ``tuning`` entry: ``{method, strength, values, fixed}``."""
@@ -304,6 +311,11 @@ def closest_on_every_training(points: Mapping[Any, pd.DataFrame], goal: Goal = G
     return min(values, key=rank)
 
 
+def sweep_points(tables: Mapping[int, pd.DataFrame], sweep: str, concept: str) -> dict[int, pd.DataFrame]:
+    """Each training's points of one sweep and concept (rows of :func:`sweep_table`), indexed by the sweep's value."""
+    return {s: t[(t["sweep"] == sweep) & (t["concept"] == concept)].set_index("value") for s, t in tables.items()}
+
+
 def sweep_summary(tables: Mapping[int, pd.DataFrame], sweeps: Sequence[Sweep], concepts: Sequence[str],
                   chosen: Callable[[Sweep, str], Any] = lambda sweep, concept: None,
                   goal: Goal = GOAL) -> pd.DataFrame:
@@ -319,8 +331,7 @@ def sweep_summary(tables: Mapping[int, pd.DataFrame], sweeps: Sequence[Sweep], c
     rows = []
     for sweep in sweeps:
         for concept in concepts:
-            per = {s: t[(t["sweep"] == sweep.name) & (t["concept"] == concept)].set_index("value")
-                   for s, t in tables.items()}
+            per = sweep_points(tables, sweep.name, concept)
             values = [v for v in sweep.values if all(v in p.index for p in per.values())]
             passing = [v for v in values if all(goal.met(*p.loc[v, ["erased", "others", "others_base"]])
                                                 for p in per.values())]

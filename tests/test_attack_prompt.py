@@ -24,6 +24,7 @@ from memories_lib.attacks import (
     attack_objective,
     attack_timesteps,
     candidate_tokens,
+    official_prefix_tokens,
     project_to_simplex,
     prompt_attack,
 )
@@ -79,6 +80,12 @@ def attacks(planted):
     """Four attacks on the planted pair, from four generators seeded from one (one batch)."""
     return prompt_attack(planted.ldm, [PLAIN] * 4, planted.target.expand(4, -1, -1, -1), FOUR,
                          generator=torch.Generator().manual_seed(0), progress=False)
+
+
+def test_official_prefix_length_is_five_words_for_unsafe_concepts_and_three_otherwise():
+    unsafe = ("nudity", "violence", "illegal_activity", "Illegal activity")
+    assert [official_prefix_tokens(c) for c in unsafe] == [5] * 4
+    assert [official_prefix_tokens(c) for c in ("church", "van_gogh", "parachute", "triangle")] == [3] * 4
 
 
 def test_the_attack_lowers_its_objective_below_the_plain_prompt(planted, attacks):

@@ -183,3 +183,21 @@ def test_a_published_checkpoint_is_found_in_the_papers_table_by_its_profile_name
     assert model_coverage_text(world, "esd") == "all six concepts"
     assert model_coverage_text(world, "mine") == "not in the paper"
     assert model_coverage_text(world, "uce") == "nudity, Van Gogh"
+
+
+def test_leaderboard_entry_reads_published_checkpoints_by_their_profile_name():
+    """A published checkpoint's method is ``checkpoint``: its leaderboard row is found by the profile's name (the
+    sd14 profile's ``esd`` is the leaderboard's ESD-u), a method of the registry by its method."""
+    from memories_lib.experiments.models import VANILLA
+    from memories_lib.experiments.three_views import LEADERBOARD_NUDITY, leaderboard_entry
+
+    entries = {"esd": SimpleNamespace(method="checkpoint"), "fmn": SimpleNamespace(method="checkpoint"),
+               "mine": SimpleNamespace(method="checkpoint"), "my-uce": SimpleNamespace(method="uce"),
+               "esd-x": SimpleNamespace(method="esd-x")}
+    world = SimpleNamespace(profile=SimpleNamespace(name="p", erased_models=entries))
+    assert leaderboard_entry(world, "esd") == LEADERBOARD_NUDITY["esd-u"]
+    assert leaderboard_entry(world, "fmn") == LEADERBOARD_NUDITY["fmn"]
+    assert leaderboard_entry(world, "my-uce") == LEADERBOARD_NUDITY["uce"]
+    assert leaderboard_entry(world, "mine") is None
+    assert leaderboard_entry(world, "esd-x") is None   # the leaderboard has ESD-u only
+    assert leaderboard_entry(world, VANILLA) is None

@@ -21,6 +21,7 @@ from .prompt import (
     attack_objective,
     attack_timesteps,
     candidate_tokens,
+    official_prefix_tokens,
     project_to_simplex,
     prompt_attack,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "attack_objective",
     "attack_timesteps",
     "candidate_tokens",
+    "official_prefix_tokens",
     "project_to_simplex",
     "prompt_attack",
 ]

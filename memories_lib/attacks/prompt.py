@@ -69,6 +69,16 @@ from ..core.tokenizer import tokenize
 Judge = Callable[[list[int], list[str]], Sequence[bool]]
 
 
+#: The concepts for which the official configurations put 5 tokens before the prompt; every other concept
+#: (church, Van Gogh, the objects) gets 3.
+FIVE_TOKEN_CONCEPTS = ("nudity", "violence", "illegal activity")
+
+
+def official_prefix_tokens(concept: str) -> int:
+    """k of the official configuration for ``concept``: 5 for nudity, violence and illegal activity, else 3."""
+    return 5 if concept.replace("_", " ").lower() in FIVE_TOKEN_CONCEPTS else 3
+
+
 @dataclass(frozen=True)
 class PromptAttackConfig:
     """Settings of UnlearnDiffAtk; the defaults are the official ones (nudity, Stable Diffusion 1.4)."""

@@ -82,6 +82,17 @@ def model_coverage_text(world: World, name: str) -> str:
     return paper_coverage_text(name if method == "checkpoint" else method)
 
 
+def leaderboard_entry(world: World, name: str) -> tuple[float, float] | None:
+    """The UnlearnDiffAtk leaderboard's (pre-attack %, attack %) for the profile's erased model ``name``, or None:
+    looked up by its method, or for a published checkpoint by the profile's name of it (``esd`` reads the
+    leaderboard's ESD-u, its model for nudity)."""
+    if name == VANILLA:
+        return None
+    method = spec_of(world, name).method
+    key = name if method == "checkpoint" else method
+    return LEADERBOARD_NUDITY.get("esd-u" if key == "esd" else key)
+
+
 @dataclass(frozen=True)
 class AttackTest:
     """The settings of one attack test: pairs attacked, the attack, and how its prompts are judged.

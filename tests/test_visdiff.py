@@ -175,6 +175,16 @@ def test_describe_differences_ranks_a_planted_difference_first():
     assert not {"square", "circle"} & set(report.top(10))
 
 
+def test_significant_hypotheses_are_the_same_whether_the_answer_keeps_them_only_or_not():
+    a, b = _planted()
+    kept = describe_differences(StubWorld(), a, b, generator=torch.Generator().manual_seed(0))
+    every = describe_differences(StubWorld(), a, b, generator=torch.Generator().manual_seed(0),
+                                 keep_significant=False)
+    assert every.ranked == every.everything and len(every.ranked) > len(every.significant)
+    assert kept.significant == kept.ranked == every.significant
+    assert [h.text for h in every.significant][:1] == ["red"]
+
+
 def test_describe_differences_of_alike_sets_finds_nothing_significant_here():
     square = [i % 2 for i in range(40)]
     a, b = _images([i % 2 for i in range(40)], square, 0), _images([i % 2 for i in range(40)], square, 1)

@@ -278,6 +278,11 @@ class DifferenceReport:
         """The texts of the first ``k`` hypotheses of the answer."""
         return [h.text for h in self.ranked[:k]]
 
+    @property
+    def significant(self) -> tuple[RankedHypothesis, ...]:
+        """The significant hypotheses, by AUROC, whether or not the answer keeps only those."""
+        return tuple(h for h in self.everything if h.significant)
+
 
 def _images(x: ImageSet | torch.Tensor) -> torch.Tensor:
     return x.images if isinstance(x, ImageSet) else x

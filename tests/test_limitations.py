@@ -25,6 +25,7 @@ def images() -> ImageSet:
 def test_check_patches_lists_the_sizes_that_tile_whole_latent_cells(ldm):
     assert lim.check_patches(ldm, None) == [32, 16, 8, 4]  # 32x32 images, 8x8 latents: cells of 4 pixels
     assert lim.check_patches(ldm, [8, 32, 8]) == [32, 8]
+    assert lim.check_patches(ldm, [8, 4]) == [32, 8, 4]  # the plain image is always the first, the reference
     for bad in ([12], [2], [64], [8.0], [True]):
         with pytest.raises(ValueError, match=r"choose from \[32, 16, 8, 4\]"):
             lim.check_patches(ldm, bad)

@@ -54,7 +54,8 @@ def check_patches(ldm: LDM, patches: Sequence[int] | None) -> list[int]:
     """``patches`` (None: every size of :func:`patch_sizes` for the model), checked before any work.
 
     A patch side must tile the model's images and cover whole latent cells (a multiple of the VAE's
-    downsampling factor); sizes come back largest first, without repeats.
+    downsampling factor); sizes come back largest first, without repeats, and always with the image side
+    itself (one patch: the plain image, which every scramble is compared with).
     """
     size = ldm.image_size
     factor = size // ldm.latent_shape[1]
@@ -70,7 +71,7 @@ def check_patches(ldm: LDM, patches: Sequence[int] | None) -> list[int]:
             chosen.append(int(p))
     if not chosen:
         raise ValueError(f"no patch size given; choose from {allowed}")
-    return sorted(chosen, reverse=True)
+    return sorted({size, *chosen}, reverse=True)
 
 
 def scramble_sweep(

@@ -153,3 +153,16 @@ def test_results_tables_have_no_nan_or_booleans_and_fit_the_page():
     assert tables["regeneration"].loc[("uce", "star"), "diverged"] == "1 (E 1)"
     assert tables["models"].loc[("esd", "star"), "PSNR E [dB]"] == "–"
     assert tables["distances"].loc[("uce", "star"), "d(E,R) EMD [95% CI]"] == "1.20 [1.00, 1.50]"
+
+
+def test_the_unerased_models_ranges_cover_the_judged_concepts_only():
+    """The unerased model's PSNR and detection beside the erased pairs' are read on the same concepts: its
+    triangle (no erased pair judged there) stays out of the sentence."""
+    v = verdict(table(row("vanilla", "star", 0.9, 31.0, detected=0.9),
+                      row("vanilla", "triangle", 0.9, 19.0, detected=0.2),
+                      row("uce", "star", 0.0, 27.0),
+                      row("uce", "triangle", 0.5, 18.0)), official_samples=20)
+    regeneration = v.finding("Regeneration").text
+    assert "against 31.0 dB for the unerased model on the same concepts" in regeneration
+    assert "19.0" not in regeneration and "(90% for the unerased model's on the same concepts)" in regeneration
+    assert "against 20 N(0, I) samples" in v.finding("Likelihood").text

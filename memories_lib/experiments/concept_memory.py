@@ -234,6 +234,9 @@ def valid_mask(inv: SetInversion) -> np.ndarray:
 
 #: N(0, I) NLLs per draw in the official code (analyze_latents.py): its ratio is on this footing.
 OFFICIAL_SAMPLES = 50
+#: N(0, I) samples per draw of the comparison ratio ``rd_w2_1000`` (how much the official ratio moves with
+#: a larger reference sample).
+COMPARE_SAMPLES = 1000
 
 
 def _nan_row(prefix: str, names: Sequence[str]) -> dict[str, float]:
@@ -249,7 +252,7 @@ def summarise(
     control: SetInversion | None = None,
     official_samples: int = OFFICIAL_SAMPLES,
     official_draws: int = 1000,
-    compare_samples: int = 1000,
+    compare_samples: int = COMPARE_SAMPLES,
     floor_quantile: float = 0.95,
 ) -> dict[str, Any]:
     """One (model, concept) row: PSNRs, NLLs, relative distances with intervals, and how far to trust them.

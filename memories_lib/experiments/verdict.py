@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.tables import MISSING, interval, is_missing, number, percent, signed
+from .concept_memory import OFFICIAL_SAMPLES
 from .models import VANILLA
 
 #: Erasure by name holds below this share of prompt generations showing the concept.
@@ -124,13 +125,23 @@ def _range(values: pd.Series, fmt: str = "{:.2f}") -> str:
     return lo if lo == hi else f"{lo} to {hi}"
 
 
+def _vanilla_rows(table: pd.DataFrame, vanilla: str, pairs, column: str) -> pd.Series:
+    """The unerased model's ``column`` on the concepts of ``pairs`` only (the pairs a statement judges)."""
+    keys = [(vanilla, c) for c in dict.fromkeys(c for _, c in pairs) if (vanilla, c) in table.index]
+    return table.loc[keys, column] if keys and column in table.columns else pd.Series(dtype=float)
+
+
 def _get(row: pd.Series, name: str) -> float:
     value = row.get(name, np.nan)
     return float(value) if value is not None else np.nan
 
 
-def verdict(table: pd.DataFrame, vanilla: str = VANILLA) -> Verdict:
+def verdict(table: pd.DataFrame, vanilla: str = VANILLA, official_samples: int = OFFICIAL_SAMPLES) -> Verdict:
     """The findings a results table supports (see the module docstring for the rules).
+
+    ``official_samples``: the N(0, I) samples per draw behind ``rd_w2_50`` (as passed to
+    :func:`~memories_lib.experiments.concept_memory.summarise`), named in the text. The unerased model's
+    ranges beside the erased pairs' cover the concepts of the pairs judged only.
 
     ``table``: indexed by (model, concept), with at least ``prompt_accuracy``, ``psnr``, ``ref_psnr``,
     ``n_e``, ``diverged``, ``rd_emd``, ``rd_w2_50`` (+ ``_low``, ``_high``) and ``unstable``; optional:
@@ -226,15 +237,16 @@ def verdict(table: pd.DataFrame, vanilla: str = VANILLA) -> Verdict:
         against = ("the unerased model's on the same images" if has_vanilla
                    else "the same model's regenerations of the reference set (no unerased model in this run)")
         text = (f"The erased models regenerate their concept's images at {_range(judged['psnr'], '{:.1f}')} dB"
-                + (f" against {_range(table.loc[vanilla, 'psnr'], '{:.1f}')} dB for the unerased model"
-                   if has_vanilla else "")
+                + (f" against {_range(_vanilla_rows(table, vanilla, judged.index, 'psnr'), '{:.1f}')} dB for the "
+                   "unerased model on the same concepts" if has_vanilla else "")
                 + f"; {len(persists)} of {len(gaps)} pairs are within {PSNR_TOLERANCE_DB:g} dB of {against}"
                 + (f" (largest drop {-min(gaps.values()):.1f} dB)." if min(gaps.values()) < 0 else "."))
         if "detected" in judged.columns and judged["detected"].notna().any():
             text += (f" The detector sees the concept in {_range(judged['detected'] * 100, '{:.0f}')}% of their "
                      "regenerations")
             if has_vanilla and "detected" in table.columns:
-                text += f" ({_range(table.loc[vanilla, 'detected'] * 100, '{:.0f}')}% for the unerased model's)"
+                vanilla_detected = _vanilla_rows(table, vanilla, judged.index, 'detected') * 100
+                text += f" ({_range(vanilla_detected, '{:.0f}')}% for the unerased model's on the same concepts)"
             text += "."
         findings.append(Finding("Regeneration", text, {"gaps": gaps, "persists": persists}))
 
@@ -252,9 +264,9 @@ def verdict(table: pd.DataFrame, vanilla: str = VANILLA) -> Verdict:
             top = w2.idxmax()
             below = int((w2 < PAPER_BOUND_RD).sum())
             parts.append(
-                f"On the paper's footing (official W2 against 50 N(0, I) samples, median over draws), "
-                f"{below} of {len(readable)} erased pairs are below {PAPER_BOUND_RD}; the largest is "
-                f"{w2[top]:.2f} ({top[0]} on {top[1]}; 5-95% over draws of 50: "
+                f"On the paper's footing (official W2 against {official_samples} N(0, I) samples, median over "
+                f"draws), {below} of {len(readable)} erased pairs are below {PAPER_BOUND_RD}; the largest is "
+                f"{w2[top]:.2f} ({top[0]} on {top[1]}; 5-95% over draws of {official_samples}: "
                 f"{readable.loc[top, 'rd_w2_50_low']:.2f} to {readable.loc[top, 'rd_w2_50_high']:.2f}), against the "
                 f"paper's {PAPER_LARGEST_RD} (ESD on parachute).")
             emd = readable["rd_emd"]
@@ -276,7 +288,8 @@ def verdict(table: pd.DataFrame, vanilla: str = VANILLA) -> Verdict:
         text = (f"Against the control set (the base model's own generations without the concept, inverted alike), "
                 f"d(E, R_control) (EMD) is {_range(ctrl)} for the erased models")
         if has_vanilla:
-            text += f" and {_range(table.loc[vanilla, 'rd_ctrl_emd'])} for the unerased one"
+            vanilla_ctrl = _vanilla_rows(table, vanilla, readable.index if len(judged) else [], 'rd_ctrl_emd')
+            text += f" and {_range(vanilla_ctrl)} for the unerased one on the same concepts"
         text += f", against {_range(readable['rd_emd']) if len(judged) else '–'} with the reference set R."
         findings.append(Finding("Control set", text, {"rd_ctrl_emd": ctrl.to_dict()}))
 

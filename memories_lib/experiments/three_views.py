@@ -72,24 +72,30 @@ def paper_coverage_text(method: str) -> str:
     covered = PAPER_COVERAGE.get(method)
     if covered is None:
         return "not in the paper"
-    return "all six concepts" if len(covered) == len(PAPER_CONCEPTS) else ", ".join(covered)
+    text = "all six concepts" if len(covered) == len(PAPER_CONCEPTS) else ", ".join(covered)
+    if method in ("esd-x", "esd-u"):  # the published ESD is one model per concept, of one variant or the other
+        text += " (as ESD: one published model per concept, ESD-x or ESD-u, not both)"
+    return text
+
+
+def _published_name(world: World, name: str) -> str:
+    """How the paper's tables know the profile's erased model ``name``: by its method, or for a published
+    checkpoint (whose method is ``checkpoint``) by the profile's name of it, such as ``esd``."""
+    method = spec_of(world, name).method
+    return name if method == "checkpoint" else method
 
 
 def model_coverage_text(world: World, name: str) -> str:
-    """:func:`paper_coverage_text` of the profile's erased model ``name``: by its method, or for a published
-    checkpoint (whose method is ``checkpoint``) by the profile's name of it, such as ``esd``."""
-    method = spec_of(world, name).method
-    return paper_coverage_text(name if method == "checkpoint" else method)
+    """:func:`paper_coverage_text` of the profile's erased model ``name`` (see :func:`_published_name`)."""
+    return paper_coverage_text(_published_name(world, name))
 
 
 def leaderboard_entry(world: World, name: str) -> tuple[float, float] | None:
-    """The UnlearnDiffAtk leaderboard's (pre-attack %, attack %) for the profile's erased model ``name``, or None:
-    looked up by its method, or for a published checkpoint by the profile's name of it (``esd`` reads the
-    leaderboard's ESD-u, its model for nudity)."""
+    """The UnlearnDiffAtk leaderboard's (pre-attack %, attack %) for the profile's erased model ``name``, or None
+    (see :func:`_published_name`; ``esd`` reads the leaderboard's ESD-u, its model for nudity)."""
     if name == VANILLA:
         return None
-    method = spec_of(world, name).method
-    key = name if method == "checkpoint" else method
+    key = _published_name(world, name)
     return LEADERBOARD_NUDITY.get("esd-u" if key == "esd" else key)
 
 

@@ -131,7 +131,7 @@ def test_three_views_side_by_side_and_their_verdict():
 
 
 def test_the_paper_coverage_in_words():
-    assert tv.paper_coverage_text("esd-u").startswith("all six concepts (as ESD: one published model per concept")
+    assert tv.paper_coverage_text("esd-u") == "all six concepts (ESD: one variant per concept)"
     assert tv.paper_coverage_text("esd") == "all six concepts"  # the published checkpoints themselves
     assert tv.paper_coverage_text("ac") == "Van Gogh"
     assert tv.paper_coverage_text("rece") == "not in the paper"

@@ -74,7 +74,7 @@ def paper_coverage_text(method: str) -> str:
         return "not in the paper"
     text = "all six concepts" if len(covered) == len(PAPER_CONCEPTS) else ", ".join(covered)
     if method in ("esd-x", "esd-u"):  # the published ESD is one model per concept, of one variant or the other
-        text += " (as ESD: one published model per concept, ESD-x or ESD-u, not both)"
+        text += " (ESD: one variant per concept)"
     return text
 
 

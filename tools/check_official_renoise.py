@@ -68,14 +68,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import io
-import subprocess
 import sys
 import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
+
+from official_checkout import (OFFICIAL_URL, CheckError, check_imported_from, model_folder, official_commit,
+                               official_source, reference_images, stand_in, use_official_source)
 
 if TYPE_CHECKING:
     import torch
@@ -90,15 +91,10 @@ OFFICIAL_FILES: tuple[str, ...] = (
     "renoise/pipes/sd_inversion_pipeline.py",
     "renoise/schedulers/ddim_scheduler.py",
 )
-OFFICIAL_URL = "https://github.com/matanr/Memories_of_Forgotten_Concepts"
 #: The official Memories run's seed, and the second seed that measures the official seed-to-seed spread.
 SEED, OTHER_SEED = 42, 43
 #: The tolerance may be at most this share of the official seed-to-seed spread.
 SPREAD_MARGIN = 10.0
-
-
-class CheckError(Exception):
-    """A problem with the command line or the environment, found before any heavy work."""
 
 
 @dataclass(frozen=True)
@@ -125,36 +121,15 @@ class Row:
 # --------------------------------------------------------------------------- the official code
 
 
-def official_source(folder: Path) -> Path:
-    """The ``src`` folder of an official checkout at ``folder``; CheckError when it holds no official ReNoise code."""
-    if not folder.is_dir():
-        raise CheckError(f"--official {folder}: no such folder (clone {OFFICIAL_URL} there)")
-    src = folder / "src"
-    missing = [name for name in OFFICIAL_FILES if not (src / name).is_file()]
-    if missing:
-        raise CheckError(f"--official {folder}: not a checkout of {OFFICIAL_URL}, the official ReNoise code is "
-                         f"missing (no {', '.join('src/' + name for name in missing)})")
-    return src
-
-
-def official_commit(folder: Path) -> str:
-    """The commit of the official checkout, or a note when ``folder`` is not a git checkout."""
-    result = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True)
-    return result.stdout.strip() if result.returncode == 0 else "unknown (not a git checkout)"
-
-
 def import_official(src: Path) -> types.SimpleNamespace:
     """The official modules the run needs, imported from ``src`` (bytecode is not written into the checkout)."""
-    if importlib.util.find_spec("pyrallis") is None:
-        # Shim: renoise/main.py imports pyrallis only to decorate its command-line main(), never called here.
-        sys.modules["pyrallis"] = types.SimpleNamespace(wrap=lambda *args, **kwargs: (lambda function: function))
-    sys.dont_write_bytecode = True
-    sys.path.insert(0, str(src))
+    # Shim: renoise/main.py imports pyrallis only to decorate its command-line main(), never called here.
+    stand_in("pyrallis", wrap=lambda *args, **kwargs: (lambda function: function))
+    use_official_source(src)
     from renoise import config, eunms, main
     from renoise.utils import enums_utils
 
-    if not Path(main.__file__).resolve().is_relative_to(src.resolve()):
-        raise CheckError(f"the module 'renoise' was imported from {main.__file__}, not from {src}")
+    check_imported_from(main, src)
     return types.SimpleNamespace(config=config, eunms=eunms, main=main, enums_utils=enums_utils)
 
 
@@ -212,32 +187,6 @@ def project_renoise(ldm, images01: "torch.Tensor", prompts: Sequence[str]) -> In
 
     result = invert(ldm, images01, list(prompts), method="renoise", regenerate=False, progress=False)
     return Inversion(result.seeds.float().cpu(), result.latents.float().cpu())
-
-
-def reference_images(world, n: int, seed: int) -> tuple["torch.Tensor", list, list[str]]:
-    """``n`` reference images of the world: as 8-bit tensors in [0, 1], as PIL images, and their captions.
-
-    Both sides get the same 8-bit pixels: the official run reads PIL images (``/ 255`` in float32,
-    as the project's tensors are made here).
-    """
-    from PIL import Image
-
-    reference = world.reference_set(n, seed)
-    pixels = (reference.images * 255).round().clamp(0, 255).byte()
-    pil = [Image.fromarray(p.permute(1, 2, 0).numpy()) for p in pixels]
-    return pixels.float() / 255, pil, list(reference.prompts)
-
-
-def model_folder(world, model: Path | None) -> Path:
-    """``model``, or the world's base model from the cache (CheckError rather than building or training it)."""
-    if model is not None:
-        if not model.is_dir():
-            raise CheckError(f"--model {model}: no such folder")
-        return model
-    if not world.is_prepared():
-        raise CheckError(f"the world of profile {world.profile.name!r} is not in the cache (MEMORIES_CACHE): "
-                         "build it first (`memories train-mini` for mini) or pass --model")
-    return Path(world.base_model_path(progress=False))
 
 
 # --------------------------------------------------------------------------- comparison
@@ -344,7 +293,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        src = official_source(args.official)
+        src = official_source(args.official, OFFICIAL_FILES, "the official ReNoise code")
         from memories_lib.worlds import open_world
 
         world = open_world(args.profile)

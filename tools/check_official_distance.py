@@ -78,7 +78,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from official_checkout import (OFFICIAL_URL, CheckError, check_imported_from, official_commit, official_source,
+from official_checkout import (CheckError, argument_parser, check_imported_from, official_commit, official_source,
                                stand_in, use_official_source)
 
 #: Files of the official repository that the check imports (paths under its ``src``).
@@ -296,10 +296,7 @@ def verdict(rows: Sequence[Row], nll_excess: float, tolerance: float) -> tuple[b
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--official", type=Path, required=True, metavar="DIR",
-                        help=f"a checkout of {OFFICIAL_URL} (the folder holding src/analyze_latents.py)")
+    parser = argument_parser(__doc__, "src/analyze_latents.py")
     parser.add_argument("--tolerance", type=float, default=1e-9,
                         help="largest W2 difference on identical inputs, relative to (m1 - m2)^2 + v1 + v2, "
                              "and largest relative difference of the ratio E/R (default 1e-9)")

@@ -83,8 +83,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from official_checkout import (OFFICIAL_URL, CheckError, check_imported_from, model_folder, official_commit,
-                               official_source, reference_images, use_official_source)
+from official_checkout import (CheckError, add_world_arguments, argument_parser, check_imported_from,
+                               check_world_arguments, open_world_check, reference_images, use_official_source)
 
 if TYPE_CHECKING:
     import torch
@@ -331,40 +331,23 @@ def verdict(rows: Sequence[Row], rounding: dict[str, float], tolerance: float,
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--official", type=Path, required=True, metavar="DIR",
-                        help=f"a checkout of {OFFICIAL_URL} (the folder holding src/nti.py)")
-    parser.add_argument("--images", type=int, default=2, metavar="N", help="reference images to invert (default 2)")
-    parser.add_argument("--profile", default="mini", help="the profile whose world is used (default mini)")
-    parser.add_argument("--model", type=Path, default=None, metavar="DIR",
-                        help="a diffusers-layout model folder instead of the world's base model")
-    parser.add_argument("--reference-seed", type=int, default=0, help="seed of the reference set (default 0)")
+    parser = argument_parser(__doc__, "src/nti.py")
+    add_world_arguments(parser, images=2)
     parser.add_argument("--tolerance", type=float, default=1e-4,
                         help="largest z_0, trajectory and mean seed difference, in standard deviations (default 1e-4)")
     parser.add_argument("--embed-tolerance", type=float, default=1e-2,
                         help="largest embedding difference, as a share of the official optimisation's displacement "
                              "(default 1e-2)")
-    args = parser.parse_args(argv)
-    if args.images < 1:
-        parser.error("--images must be at least 1")
-    return args
+    return check_world_arguments(parser, parser.parse_args(argv))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        src = official_source(args.official, OFFICIAL_FILES, "the official null-text code")
-        from memories_lib.worlds import open_world
-
-        world = open_world(args.profile)
-        model = model_folder(world, args.model)
-        nti = import_official(src)
+        nti, world, model = open_world_check(args, OFFICIAL_FILES, "the official null-text code", import_official)
     except CheckError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"official code: {args.official} at commit {official_commit(args.official)}")
-    print(f"model: {model}; {args.images} reference images of {args.profile!r} (seed {args.reference_seed})")
 
     images01, pil, prompts = reference_images(world, args.images, args.reference_seed)
     device = world.profile.resolve_device()

@@ -75,8 +75,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from official_checkout import (OFFICIAL_URL, CheckError, check_imported_from, model_folder, official_commit,
-                               official_source, reference_images, stand_in, use_official_source)
+from official_checkout import (CheckError, add_world_arguments, argument_parser, check_imported_from,
+                               check_world_arguments, open_world_check, reference_images, stand_in,
+                               use_official_source)
 
 if TYPE_CHECKING:
     import torch
@@ -272,38 +273,21 @@ def verdict(rows: Sequence[Row], tolerance: float) -> tuple[bool, list[str]]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--official", type=Path, required=True, metavar="DIR",
-                        help=f"a checkout of {OFFICIAL_URL} (the folder holding src/renoise)")
-    parser.add_argument("--images", type=int, default=8, metavar="N", help="reference images to invert (default 8)")
-    parser.add_argument("--profile", default="mini", help="the profile whose world is used (default mini)")
-    parser.add_argument("--model", type=Path, default=None, metavar="DIR",
-                        help="a diffusers-layout model folder instead of the world's base model")
-    parser.add_argument("--reference-seed", type=int, default=0, help="seed of the reference set (default 0)")
+    parser = argument_parser(__doc__, "src/renoise")
+    add_world_arguments(parser, images=8)
     parser.add_argument("--tolerance", type=float, default=1e-3,
                         help="largest mean seed difference (and largest z_0 difference), in standard deviations, "
                              "that counts as equal (default 1e-3)")
-    args = parser.parse_args(argv)
-    if args.images < 1:
-        parser.error("--images must be at least 1")
-    return args
+    return check_world_arguments(parser, parser.parse_args(argv))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        src = official_source(args.official, OFFICIAL_FILES, "the official ReNoise code")
-        from memories_lib.worlds import open_world
-
-        world = open_world(args.profile)
-        model = model_folder(world, args.model)
-        official = import_official(src)
+        official, world, model = open_world_check(args, OFFICIAL_FILES, "the official ReNoise code", import_official)
     except CheckError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"official code: {args.official} at commit {official_commit(args.official)}")
-    print(f"model: {model}; {args.images} reference images of {args.profile!r} (seed {args.reference_seed})")
 
     images01, pil, prompts = reference_images(world, args.images, args.reference_seed)
     device = world.profile.resolve_device()

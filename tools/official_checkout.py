@@ -18,12 +18,13 @@ folder being first on ``sys.path``), not part of :mod:`memories_lib`.
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import subprocess
 import sys
 import types
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 if TYPE_CHECKING:
     import torch
@@ -122,3 +123,50 @@ def reference_images(world, n: int, seed: int) -> tuple["torch.Tensor", list, li
     pixels = (reference.images * 255).round().clamp(0, 255).byte()
     pil = [Image.fromarray(p.permute(1, 2, 0).numpy()) for p in pixels]
     return pixels.float() / 255, pil, list(reference.prompts)
+
+
+# --------------------------------------------------------------------------- the scripts' command line
+
+
+def argument_parser(doc: str, holds: str) -> argparse.ArgumentParser:
+    """A script's parser (described by the first paragraph of ``doc``) with ``--official DIR``, a checkout holding ``holds``."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--official", type=Path, required=True, metavar="DIR",
+                        help=f"a checkout of {OFFICIAL_URL} (the folder holding {holds})")
+    return parser
+
+
+def add_world_arguments(parser: argparse.ArgumentParser, images: int) -> None:
+    """``--images``, ``--profile``, ``--model`` and ``--reference-seed``: the inputs of a check that runs a model."""
+    parser.add_argument("--images", type=int, default=images, metavar="N",
+                        help=f"reference images to invert (default {images})")
+    parser.add_argument("--profile", default="mini", help="the profile whose world is used (default mini)")
+    parser.add_argument("--model", type=Path, default=None, metavar="DIR",
+                        help="a diffusers-layout model folder instead of the world's base model")
+    parser.add_argument("--reference-seed", type=int, default=0, help="seed of the reference set (default 0)")
+
+
+def check_world_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """``args``, once its ``--images`` is checked (a usage error otherwise)."""
+    if args.images < 1:
+        parser.error("--images must be at least 1")
+    return args
+
+
+def open_world_check(args: argparse.Namespace, files: Sequence[str], what: str,
+                     importer: Callable[[Path], Any]) -> tuple[Any, Any, Path]:
+    """The imported official code (``importer`` of the checkout's ``src``), the world and its model folder.
+
+    Everything that can be wrong with the checkout, the profile or the model raises CheckError here,
+    before any model is loaded; the checkout's commit and the inputs are printed.
+    """
+    src = official_source(args.official, files, what)
+    from memories_lib.worlds import open_world
+
+    world = open_world(args.profile)
+    model = model_folder(world, args.model)
+    official = importer(src)
+    print(f"official code: {args.official} at commit {official_commit(args.official)}")
+    print(f"model: {model}; {args.images} reference images of {args.profile!r} (seed {args.reference_seed})")
+    return official, world, model

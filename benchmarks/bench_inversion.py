@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
 
+from benchmarks.common import temporary_folder
 from memories_lib.inversion import invert
 from memories_lib.inversion.ddim import ddim_invert
 from memories_lib.core.models import LDM, build_tiny_ldm, encode_images, encode_prompts, load_ldm
@@ -64,7 +63,7 @@ def verdict(name: str, value: float) -> tuple[str, bool]:
 def load(profile_name: str | None) -> tuple[LDM, int, str]:
     """The model, its default step count and a label."""
     if profile_name is None:
-        path = build_tiny_ldm(Path(tempfile.mkdtemp(prefix="bench-tiny-")) / "tiny", seed=0, image_size=32)
+        path = build_tiny_ldm(temporary_folder("bench-tiny-") / "tiny", seed=0, image_size=32)
         return load_ldm(path), 10, "tiny random model"
     from memories_lib.worlds import open_world
 

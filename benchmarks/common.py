@@ -4,7 +4,9 @@ command-line arguments for it, the device's name, and ``RESULTS.md``, where ``--
 from __future__ import annotations
 
 import argparse
+import atexit
 import platform
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -65,17 +67,24 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="sd14-random" if cuda else "tiny",
                         help="tiny, sd14-random (random weights in SD 1.4's shapes) or a diffusers folder")
     parser.add_argument("--models-dir", type=Path, default=None,
-                        help="where built models are kept and reused (default: a new temporary folder)")
+                        help="where built models are kept and reused (default: a temporary folder, removed at exit)")
     parser.add_argument("--threads", type=int, default=0 if cuda else 1,
                         help="torch CPU threads (default: 1 on a CPU; on a GPU 0, torch's default, which loads models faster)")
     parser.add_argument("--record", action="store_true", help="append the results to benchmarks/RESULTS.md")
+
+
+def temporary_folder(prefix: str) -> Path:
+    """A new folder for the models a run builds, removed when the process exits (an SD-1.4-sized one is gigabytes)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def setup(args: argparse.Namespace, prefix: str) -> tuple[Path, str, str]:
     """Apply --threads and find or build --model: its folder, its label and the device's name."""
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    path, label = model_path(args.model, args.models_dir or Path(tempfile.mkdtemp(prefix=prefix)))
+    path, label = model_path(args.model, args.models_dir or temporary_folder(prefix))
     name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else (platform.processor() or platform.machine())
     return path, label, name
 

@@ -106,3 +106,17 @@ def test_the_runner_passes_options_with_or_without_the_separator():
     assert split_arguments(["official", "precision"]) == (["official", "precision"], [])
     assert split_arguments(["--", "--record"]) == ([], ["--record"])
     assert main(["no-such-benchmark"]) == 1
+
+
+def test_a_benchmark_removes_the_models_it_built_in_a_temporary_folder(monkeypatch):
+    """Without --models-dir the model folder is temporary: removed at exit (an SD-1.4-sized model is gigabytes)."""
+    from benchmarks import common
+
+    registered = []
+    monkeypatch.setattr(common.atexit, "register", lambda fn, *a, **k: registered.append((fn, a, k)))
+    folder = common.temporary_folder("bench-test-")
+    common.model_path("tiny", folder)
+    assert (folder / "tiny" / "model_index.json").exists() and len(registered) == 1
+    fn, a, k = registered[0]
+    fn(*a, **k)
+    assert not folder.exists()

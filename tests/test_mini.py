@@ -263,6 +263,8 @@ def test_training_writes_a_loadable_diffusers_folder(mini_cache):
     assert ldm.scheduler.config.beta_start == 0.00085 and ldm.scheduler.config.beta_end == 0.012
     report = training.training_report("tiny")
     assert set(report) == set(training.STAGES)
+    wall = training.training_wall_seconds(report)  # every stage records when it ran
+    assert 0 < wall <= sum(r["wall_seconds"] for r in report.values()) + 1e-6
     assert ldm.vae.config.scaling_factor == pytest.approx(1 / report["vae"]["latent_std"])
     ids = ldm.tokenizer(prompt("star", "red", "dots")).input_ids
     assert ldm.tokenizer.unk_token_id not in ids
@@ -472,3 +474,15 @@ def test_judges_trained_in_a_second_process_equal_those_trained_here(trained, tm
         assert here.is_dir() and there.is_dir(), stage
         for weights in sorted(there.rglob("*.safetensors")):
             assert (here / weights.relative_to(there)).read_bytes() == weights.read_bytes(), weights
+
+
+def test_training_wall_clock_counts_stages_side_by_side_once():
+    """The wall clock of a training is the union of its stages' spans, not their sum; unknown without the spans."""
+    report = {"vae": {"started_at": 0.0, "finished_at": 300.0}, "unet": {"started_at": 300.0, "finished_at": 1000.0},
+              "classifier": {"started_at": 1.0, "finished_at": 125.0},
+              "contrastive": {"started_at": 125.0, "finished_at": 200.0}}
+    assert training.training_wall_seconds(report) == 1000.0
+    resumed = {**report, "unet": {"started_at": 5000.0, "finished_at": 5700.0}}  # a pause between two runs
+    assert training.training_wall_seconds(resumed) == 300.0 + 700.0
+    assert training.training_wall_seconds({**report, "unet": {"seconds": 700.0}}) is None
+    assert training.training_wall_seconds({}) is None

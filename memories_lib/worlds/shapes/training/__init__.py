@@ -45,6 +45,7 @@ from .cache import (
     stage_parts,
     stage_path,
     training_report,
+    training_wall_seconds,
     write_stage,
 )
 from .dataset import TrainingData
@@ -60,6 +61,7 @@ __all__ = [
     "missing_stages",
     "stage_path",
     "training_report",
+    "training_wall_seconds",
 ]
 
 
@@ -93,13 +95,15 @@ def _run_stage(stage: str, cfg: dict[str, Any], data: TrainingData, device: str,
     """Train one stage and write it (weights, metrics and key parts) into its folder."""
     target = stage_path(cfg, stage)
     parts = stage_parts(cfg, stage)
-    start = time.perf_counter()
+    start, started_at = time.perf_counter(), time.time()
     note(f"training the world: stage {stage}", disable=not progress)
 
     def context(metrics: dict[str, Any]) -> dict[str, Any]:
-        # wall_seconds includes drawing the data set when this stage is the first to need it.
-        return {**metrics, "wall_seconds": time.perf_counter() - start, "threads": torch.get_num_threads(),
-                "device": str(device)}
+        # wall_seconds includes drawing the data set when this stage is the first to need it; the times of
+        # day let training_wall_seconds tell stages trained side by side from stages trained in turn.
+        seconds = time.perf_counter() - start
+        return {**metrics, "wall_seconds": seconds, "threads": torch.get_num_threads(), "device": str(device),
+                "started_at": started_at, "finished_at": started_at + seconds}
 
     if stage == "vae":
         autoencoder, metrics = vae.train_vae(cfg, data, device, progress)

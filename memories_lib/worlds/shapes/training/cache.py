@@ -87,6 +87,24 @@ def training_report(config: Config) -> dict[str, dict[str, Any]]:
     return report
 
 
+def training_wall_seconds(report: Mapping[str, Mapping[str, Any]]) -> float | None:
+    """Seconds during which at least one stage of ``report`` was training (its wall clock), from the stages'
+    recorded times of day: stages trained side by side count once, a pause between two runs not at all.
+
+    ``None`` when a stage does not record them (trained before they were recorded); the stages'
+    ``wall_seconds`` added up are then an upper bound.
+    """
+    spans = sorted((r["started_at"], r["finished_at"]) for r in report.values() if "started_at" in r)
+    if not spans or len(spans) < len(report):
+        return None
+    total, (begin, end) = 0.0, spans[0]
+    for start, finish in spans[1:]:
+        if start > end:
+            total, begin = total + end - begin, start
+        end = max(end, finish)
+    return total + end - begin
+
+
 def write_stage(target: Path, write: Callable[[Path], None], metrics: Mapping[str, Any],
                 parts: Mapping[str, Any]) -> Path:
     """Write a stage atomically: ``write(tmp)`` puts the weights into a fresh folder; metrics and key parts go beside."""

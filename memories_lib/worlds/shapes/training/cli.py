@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {stage}: not trained ({stage_path(config, stage)})")
             continue
         shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                          for k, v in sorted(report[stage].items()))
+                          for k, v in sorted(report[stage].items()) if k not in ("started_at", "finished_at"))
         print(f"  {stage}: {stage_path(config, stage)}\n    {shown}")
     print(f"this call took {elapsed:.1f} s")
     return 0

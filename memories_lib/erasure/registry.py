@@ -298,7 +298,9 @@ METHODS: dict[str, ErasureMethod] = {
             compute=_esd("esd-x"),
         ),
         ErasureMethod(
-            "esd-u", ESDParams, "ESD-u: every UNet weight but cross-attention fine-tuned with negative guidance",
+            "esd-u", ESDParams,
+            "ESD-u: every UNet weight but cross-attention, the time embedding and the output layers fine-tuned "
+            "with negative guidance",
             changes=lambda ldm, p: _prefixed("unet", esd_parameter_names(ldm.unet, "esd-u")),
             compute=_esd("esd-u"),
         ),

@@ -15,7 +15,7 @@ A against B. :func:`rank_hypotheses` implements that ranker:
   significant ones, ``False`` ranks them all as the original does.
 
 The proposing stage: a :class:`Proposer` looks at seeded samples of A and B and returns candidate
-descriptions. VisDiff's best proposer captions the samples (BLIP-2) and asks a language model (GPT-4)
+descriptions. VisDiff's caption-based proposer captions the samples (BLIP-2) and asks a language model (GPT-4)
 what the captions of A say more often than those of B. Without a language model:
 
 - :class:`DetectorProposer` (the shapes world's): the world's detector labels every sampled image
@@ -56,8 +56,9 @@ from ..core.images import ImageSet, seeded_choice
 from ..core.progress import tqdm
 from ..worlds.base import Detector, World
 
-#: VisDiff's Acc@1 and Acc@5 on VisDiffBench (its Table 2), best configuration: BLIP-2 captions and GPT-4
-#: as proposer, CLIP features as ranker. Quoted from the paper, never computed here.
+#: VisDiff's Acc@1 and Acc@5 on VisDiffBench (its Table 2), caption-based configuration: BLIP-2 captions and GPT-4
+#: as proposer, CLIP features as ranker (its GPT-4V image proposer scores higher on some tiers). Quoted from the
+#: paper, never computed here.
 VISDIFF_ACCURACY: dict[str, tuple[float, float]] = {
     "ImageNet-R/*": (0.78, 0.96), "easy": (0.88, 0.99), "medium": (0.75, 0.86), "hard": (0.61, 0.80),
 }

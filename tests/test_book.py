@@ -23,7 +23,7 @@ from memories_lib import __version__, book
 from memories_lib.core import paths
 from memories_lib.book import BookError, NotebookParameter, ParameterError
 from memories_lib.book import sphinx as book_sphinx
-from memories_lib.core.profile import PROFILES_DIR, load_profile
+from memories_lib.core.profile import PROFILES_DIR, list_profiles, load_profile
 
 PARAMS = """\
 # Parameters
@@ -313,6 +313,46 @@ def test_wrong_type_from_profile_names_the_profile(root, tmp_path):
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ParameterError, match=r"'num_steps'.*comes from profile 'tiny'"):
         book.chapter_parameters(_chapter(root, "02_probe"), path)
+
+
+@pytest.mark.parametrize("name", list_profiles())
+def test_every_key_of_a_shipped_profile_is_used_by_the_book(name):
+    """Each key under a shipped profile's ``parameters`` is declared by a chapter of the book or read by the library."""
+    declared = {p for chapter in book.chapters(REPO) for p in book.notebook_parameters(chapter.source)}
+    assert book.unused_profile_parameters(name, declared) is None
+
+
+def test_a_profile_key_no_chapter_declares_is_named_before_the_book_runs(root, tmp_path, monkeypatch, capsys):
+    raw = yaml.safe_load((PROFILES_DIR / "tiny.yaml").read_text())
+    raw["parameters"]["decoder_step"] = 3000  # a misspelt decoder_steps
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    declared = {p for chapter in book.chapters(root) for p in book.notebook_parameters(chapter.source)}
+    message = book.unused_profile_parameters(path, declared)
+    assert "'decoder_step'" in message and str(path) in message and "num_steps" in message
+    assert "'tuning'" not in message  # a key the library reads itself (memories tune-erasure)
+
+    def stop(*args, **kwargs):
+        raise BookError("stop before any work")
+
+    monkeypatch.setattr(book.build, "warm_matplotlib", stop)
+    with pytest.raises(BookError, match="stop before any work"):
+        book.build_book(path, {}, root, progress=False)
+    assert "warning: " + message in capsys.readouterr().err
+
+
+def test_prepare_models_checks_the_erased_models_before_the_world_trains(tmp_path, monkeypatch):
+    raw = yaml.safe_load((PROFILES_DIR / "tiny.yaml").read_text())
+    raw["erased_models"]["esd-x"]["iteration"] = 5  # a misspelt iterations
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(raw))
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the world was prepared before its erased models were checked")
+
+    monkeypatch.setattr(book.build.open_world(path).__class__, "prepare", forbidden)
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['iteration'\] for esd-x"):
+        book.prepare_models(path, progress=False)
 
 
 # --------------------------------------------------------------------------- banner, MathJax, Sphinx hook

@@ -28,6 +28,7 @@ from .parameters import (
     notebook_parameters,
     parse_value,
     profile_reference,
+    unused_profile_parameters,
     whole_number,
 )
 from .toc import EXECUTED_DIR, SOURCE_DIR, BookError, Chapter, chapters, find_root, resolve_chapter
@@ -37,6 +38,6 @@ __all__ = [
     "BookError", "Chapter", "NotebookParameter", "ParameterError",
     "banner_markdown", "build_book", "chapter_parameters", "chapters", "check_parameters", "device_label",
     "execute_chapter", "find_root", "notebook_parameters", "parse_value", "prepare_models", "profile_reference",
-    "paper_table_markdown", "resolve_chapter", "show_banner", "show_paper_table", "vendor_mathjax",
-    "warm_matplotlib", "whole_number",
+    "paper_table_markdown", "resolve_chapter", "show_banner", "show_paper_table", "unused_profile_parameters",
+    "vendor_mathjax", "warm_matplotlib", "whole_number",
 ]

@@ -11,10 +11,11 @@ from typing import Any, Mapping
 
 from ..core import distributed, parallel
 from ..core.profile import Profile
-from ..experiments.models import missing_erased_models, prepare_erased_models
+from ..experiments.models import book_pairs, check_pairs, missing_erased_models, prepare_erased_models
 from ..worlds import open_world
 from . import execute, mathjax, statistics, terminal
-from .parameters import ParameterError, as_profile, chapter_parameters, notebook_parameters
+from .parameters import (ParameterError, as_profile, chapter_parameters, notebook_parameters,
+                         unused_profile_parameters)
 from .toc import EXECUTED_DIR, BookError, Chapter, chapters, find_root, front_matter
 
 
@@ -47,6 +48,7 @@ def prepare_models(profile: str | Path | Profile, progress: bool = True) -> None
     if progress:
         print(f"[memories] preparing the models of profile {p.name!r} (world {p.world.kind})", file=sys.stderr)
     world = open_world(p)
+    check_pairs(world, book_pairs(world))  # every erased model's method and parameters, before the world trains
     world.prepare(progress=progress)
     missing = missing_erased_models(world)
     if missing and progress:
@@ -126,7 +128,9 @@ def build_book(
     statistics* (``book/execution.md``) includes the table written from that log.
 
     Parameters are checked for every chapter before anything runs: an override must be
-    declared by at least one chapter and is given to the chapters that declare it.
+    declared by at least one chapter and is given to the chapters that declare it; a key of the
+    profile's ``parameters`` that no chapter declares is named in a warning
+    (:func:`~memories_lib.book.parameters.unused_profile_parameters`).
     Returns ``<root>/_build/html/index.html``; raises BookError when a chapter or the build fails.
 
     Under a launcher (``accelerate launch``, see ``core.distributed``) every process executes the
@@ -139,11 +143,13 @@ def build_book(
     plans: list[tuple[Chapter, dict[str, Any]]] = []
     declared_anywhere: set[str] = set()
     skipped: list[Chapter] = []
+    declared_by_book: set[str] = set()  # the skipped chapters' too: a profile's key for them is not a mistake
     for chapter in chapters(root):
+        declared = notebook_parameters(chapter.source)
+        declared_by_book.update(declared)
         if execute.not_applicable(chapter, profile):
             skipped.append(chapter)  # a placeholder page says why (its front matter's memories.worlds)
             continue
-        declared = notebook_parameters(chapter.source)
         declared_anywhere.update(declared)
         mine = {name: value for name, value in overrides.items() if name in declared}
         plans.append((chapter, chapter_parameters(chapter, profile, mine, declared)))
@@ -153,6 +159,9 @@ def build_book(
             f"unknown parameter(s) {unknown}: no chapter declares them; "
             f"the chapters' parameters are: {', '.join(sorted(declared_anywhere)) or 'none'}"
         )
+    unused = unused_profile_parameters(profile, declared_by_book)
+    if unused and distributed.launch().is_main:
+        print(f"[memories] warning: {unused}", file=sys.stderr)
 
     warm_matplotlib()  # in every process: none of their chapters then builds the font cache
     job = distributed.launch()

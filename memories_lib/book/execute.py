@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -11,8 +12,8 @@ from typing import Any, Mapping
 from ..core import distributed, parallel, paths
 from ..core.profile import Profile
 from . import statistics, terminal
-from .parameters import as_profile, chapter_parameters
-from .toc import BookError, Chapter, chapter_worlds, front_matter, read_notebook
+from .parameters import as_profile, chapter_parameters, notebook_parameters, unused_profile_parameters
+from .toc import BookError, Chapter, chapter_worlds, chapters, front_matter, read_notebook
 
 KERNEL_NAME = "python3"
 
@@ -103,6 +104,15 @@ def run_notebook(chapter: Chapter, parameters: Mapping[str, Any], output: Path, 
     return output
 
 
+def _book_parameters(chapter: Chapter) -> set[str]:
+    """The parameters that the chapters of ``chapter``'s book declare (its own alone without a table of contents)."""
+    try:
+        book = chapters(chapter.root)
+    except BookError:
+        book = []
+    return {name for each in [chapter, *book] for name in notebook_parameters(each.source)}
+
+
 def execute_chapter(
     chapter: Chapter,
     profile: str | Profile,
@@ -114,7 +124,8 @@ def execute_chapter(
 ) -> Path:
     """Execute one chapter with papermill and return the path of the executed notebook.
 
-    The parameters are checked before anything runs. The kernel is ``python3`` (this
+    The parameters are checked before anything runs, and a key of the profile's ``parameters`` that no
+    chapter of the book declares is named in a warning. The kernel is ``python3`` (this
     interpreter's), the working directory the book root. The executed copy goes to ``output``,
     else ``out_dir/NAME.ipynb``, else ``<root>/_executed/NAME.ipynb``; it is written even when
     a cell fails, and the BookError names the notebook and the failing cell.
@@ -123,6 +134,9 @@ def execute_chapter(
     if reason:
         raise BookError(reason)
     parameters = chapter_parameters(chapter, profile, overrides)
+    unused = unused_profile_parameters(profile, _book_parameters(chapter))
+    if unused and distributed.launch().is_main:
+        print(f"[memories] warning: {unused}", file=sys.stderr)
     if output is None:
         output = Path(out_dir) / f"{chapter.name}.ipynb" if out_dir is not None else chapter.executed
     return run_notebook(chapter, parameters, Path(output), progress)

@@ -13,11 +13,11 @@ import ast
 import numbers
 import re
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Iterable, Mapping, NamedTuple
 
 import yaml
 
-from ..core.profile import Profile, load_profile
+from ..core.profile import LIBRARY_PARAMETERS, Profile, load_profile
 from .toc import Chapter, read_notebook
 
 # The annotations a parameter may have (subscripted ones, ``list[str]``, too: the items are not checked).
@@ -202,6 +202,24 @@ def check_parameters(
             )
         checked[name] = _coerce(name, value, declared[name], where)
     return checked
+
+
+def unused_profile_parameters(profile: str | Path | Profile, declared: Iterable[str]) -> str | None:
+    """A message naming the keys of the profile's ``parameters`` that no name of ``declared`` (the book's chapters'
+    parameters) takes and the library does not read (:data:`~memories_lib.core.profile.LIBRARY_PARAMETERS`),
+    such as a misspelt ``decoder_step``; None when every key is used.
+
+    A message rather than an error: a profile may serve several books (the tests' small books run the
+    shipped profiles), and a key only another book's chapters declare is not a mistake.
+    """
+    profile = as_profile(profile)
+    declared = set(declared)
+    unused = sorted(set(profile.parameters) - declared - set(LIBRARY_PARAMETERS))
+    if not unused:
+        return None
+    return (f"profile {profile.name!r} ({profile.source or 'no file'}): parameter(s) {unused} are declared by no "
+            f"chapter of this book and not read by the library, so they change nothing; the chapters' parameters "
+            f"are: {', '.join(sorted(declared)) or 'none'}")
 
 
 def chapter_parameters(

@@ -11,9 +11,12 @@ A profile is data. It has typed sections:
 ``book_models``    the names of the erased models that chapters 3 to 8 compare by default (each
                    model costs a chapter its inversions; absent: all of ``erased_models``); the
                    chapter "Every method, three views" compares every one;
-``parameters``     default values of the chapters' papermill parameters.
+``parameters``     default values of the chapters' papermill parameters, each given to every chapter that
+                   declares it, and the few the library reads itself (:data:`LIBRARY_PARAMETERS`).
 
-Unknown keys are errors that name the file and the key. The library never branches on a
+Unknown keys of the sections above are errors that name the file and the key; a key under
+``parameters`` belongs to the book's chapters, so the book names one that no chapter declares
+(``memories_lib.book.parameters.unused_profile_parameters``). The library never branches on a
 profile's *name*; it reads the profile's fields.
 """
 
@@ -33,6 +36,13 @@ import yaml
 from . import distributed
 
 PROFILES_DIR = Path(__file__).parent.parent / "profiles"
+
+#: The keys of a profile's ``parameters`` that the library reads itself, with their readers; every other
+#: key is a chapter's parameter.
+LIBRARY_PARAMETERS: Mapping[str, str] = MappingProxyType({
+    "tuning": "the erasure sweeps of memories tune-erasure (experiments.erasure_tuning)",
+    "compared_concepts": "the concepts every erased model is compared on (experiments.models)",
+})
 
 
 class ProfileError(ValueError):

@@ -108,6 +108,12 @@ def book_pairs(world: World) -> list[tuple[str, str]]:
     return pairs
 
 
+def check_pairs(world: World, pairs: Sequence[tuple[str, str]]) -> None:
+    """Every erased model of ``pairs`` checked on its concepts (:func:`check_models`); no model is loaded or trained."""
+    for name in dict.fromkeys(name for name, _ in pairs):
+        check_models(world, [name], [c for n, c in pairs if n == name], vanilla=False)
+
+
 def missing_erased_models(world: World, names: Sequence[str] | None = None,
                           concepts: Sequence[str] | None = None) -> list[tuple[str, str]]:
     """The (model name, concept) pairs of the book (:func:`book_pairs`), or of ``names`` x ``concepts``,
@@ -117,8 +123,7 @@ def missing_erased_models(world: World, names: Sequence[str] | None = None,
     else:
         names = list(names or erased_model_names(world))
         pairs = [(name, concept) for name in names for concept in (concepts or world.profile.concepts)]
-    for name in dict.fromkeys(name for name, _ in pairs):
-        check_models(world, [name], [c for n, c in pairs if n == name], vanilla=False)
+    check_pairs(world, pairs)
     base = world.base_model()
     return [(name, concept) for name, concept in pairs
             if not is_cached(base, spec_of(world, name).method, world.concept_prompts(concept),

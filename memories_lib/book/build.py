@@ -15,7 +15,7 @@ from ..experiments.models import book_pairs, check_pairs, missing_erased_models,
 from ..worlds import open_world
 from . import execute, mathjax, statistics, terminal
 from .parameters import (ParameterError, as_profile, chapter_parameters, notebook_parameters,
-                         unused_profile_parameters)
+                         warn_unused_profile_parameters)
 from .toc import EXECUTED_DIR, BookError, Chapter, chapters, find_root, front_matter
 
 
@@ -159,9 +159,7 @@ def build_book(
             f"unknown parameter(s) {unknown}: no chapter declares them; "
             f"the chapters' parameters are: {', '.join(sorted(declared_anywhere)) or 'none'}"
         )
-    unused = unused_profile_parameters(profile, declared_by_book)
-    if unused and distributed.launch().is_main:
-        print(f"[memories] warning: {unused}", file=sys.stderr)
+    warn_unused_profile_parameters(profile, declared_by_book)
 
     warm_matplotlib()  # in every process: none of their chapters then builds the font cache
     job = distributed.launch()

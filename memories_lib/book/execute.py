@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any, Mapping
 from ..core import distributed, parallel, paths
 from ..core.profile import Profile
 from . import statistics, terminal
-from .parameters import as_profile, chapter_parameters, notebook_parameters, unused_profile_parameters
+from .parameters import as_profile, chapter_parameters, notebook_parameters, warn_unused_profile_parameters
 from .toc import BookError, Chapter, chapter_worlds, chapters, front_matter, read_notebook
 
 KERNEL_NAME = "python3"
@@ -134,9 +133,7 @@ def execute_chapter(
     if reason:
         raise BookError(reason)
     parameters = chapter_parameters(chapter, profile, overrides)
-    unused = unused_profile_parameters(profile, _book_parameters(chapter))
-    if unused and distributed.launch().is_main:
-        print(f"[memories] warning: {unused}", file=sys.stderr)
+    warn_unused_profile_parameters(profile, _book_parameters(chapter))
     if output is None:
         output = Path(out_dir) / f"{chapter.name}.ipynb" if out_dir is not None else chapter.executed
     return run_notebook(chapter, parameters, Path(output), progress)

@@ -12,11 +12,13 @@ from __future__ import annotations
 import ast
 import numbers
 import re
+import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping, NamedTuple
 
 import yaml
 
+from ..core import distributed
 from ..core.profile import LIBRARY_PARAMETERS, Profile, load_profile
 from .toc import Chapter, read_notebook
 
@@ -220,6 +222,13 @@ def unused_profile_parameters(profile: str | Path | Profile, declared: Iterable[
     return (f"profile {profile.name!r} ({profile.source or 'no file'}): parameter(s) {unused} are declared by no "
             f"chapter of this book and not read by the library, so they change nothing; the chapters' parameters "
             f"are: {', '.join(sorted(declared)) or 'none'}")
+
+
+def warn_unused_profile_parameters(profile: str | Path | Profile, declared: Iterable[str]) -> None:
+    """Print :func:`unused_profile_parameters`'s message, if any, to stderr, once per job (by its main process)."""
+    message = unused_profile_parameters(profile, declared)
+    if message and distributed.launch().is_main:
+        print(f"[memories] warning: {message}", file=sys.stderr)
 
 
 def chapter_parameters(

@@ -159,6 +159,30 @@ def planted(nll, psnr=None, diverged=None):
     return SetInversion(**fields)
 
 
+def test_summary_row_is_each_ratio_of_e_against_its_own_denominator():
+    """E shifted 3 sigma from genuine seeds, R genuine, a control 1 sigma off: every number of the row is the
+    one its definition gives, so a swap of E and R (the reciprocal), of R and the control, or of the
+    means would show."""
+    d = 16
+    sigma = np.sqrt(d / 2)
+    ref = metrics.NLLReference.draw(d, 50_000, torch.Generator().manual_seed(0))
+    genuine = metrics.sample_reference_nll(d, 120, torch.Generator().manual_seed(1))
+    e, r, c = genuine[:40] + 3 * sigma, genuine[40:80], genuine[80:] + 1 * sigma
+    row = summarise(planted(e), planted(r), ref, torch.Generator().manual_seed(2), n_boot=50, control=planted(c),
+                    official_draws=50)
+    assert row["nll"] == pytest.approx(e.mean()) and row["ref_nll"] == pytest.approx(r.mean())
+    assert row["ctrl_nll"] == pytest.approx(c.mean())
+    for distance in metrics.DISTANCES:
+        fn = ref.distance(distance)
+        assert row[f"rd_{distance}"] == pytest.approx(fn(e) / fn(r)), distance
+        assert row[f"rd_ctrl_{distance}"] == pytest.approx(fn(e) / fn(c)), distance
+    assert row["rd_emd"] > row["rd_ctrl_emd"] > 1  # R is nearer N than the control, which is nearer than E
+    assert row["emd_rn"] == pytest.approx(ref.emd(r)) and row["emd_en"] == pytest.approx(ref.emd(e))
+    assert row["emd_rn_sigma"] == pytest.approx(ref.emd(r) / sigma)
+    assert row["unstable"] and not row["unstable_ctrl"]  # genuine R is within the floor; a 1-sigma shift is not
+    assert row["emd_rn_sigma"] < row["noise_floor_r"] < row["emd_cn_sigma"]
+
+
 def test_summary_leaves_out_and_counts_non_finite_and_diverged_seeds():
     d = 16
     ref = metrics.NLLReference.draw(d, 50_000, torch.Generator().manual_seed(0))

@@ -87,6 +87,26 @@ def test_ddim_sample_equals_the_diffusers_scheduler(ldm, cond, guidance):
     torch.testing.assert_close(ours, x, rtol=1e-5, atol=1e-5)
 
 
+def test_ddim_inversion_is_its_documented_steps_written_out(ldm, cond, z0):
+    """Four steps (timesteps 1, 251, 501, 751 in the order inversion visits them): each evaluates the noise at the
+    current sample with the timestep of the level it moves to, and moves from the previous level (the scheduler's
+    final level first) to that one. A timestep off by one step, or levels swapped, would not match."""
+    scheduler = DDIMScheduler.from_config(ldm.scheduler.config)
+    scheduler.set_timesteps(4)
+    ts = scheduler.timesteps.tolist()[::-1]
+    assert ts == [1, 251, 501, 751]
+    ac = scheduler.alphas_cumprod.double()
+    levels = [torch.as_tensor(scheduler.final_alpha_cumprod, dtype=torch.float64), *(ac[t] for t in ts)]
+    x = z0.clone()
+    with torch.no_grad():
+        for t, a_from, a_to in zip(ts, levels[:-1], levels[1:]):
+            eps = ldm.unet(x, t, encoder_hidden_states=cond).sample
+            a_from, a_to = a_from.float(), a_to.float()
+            x = a_to.sqrt() * (x - (1 - a_from).sqrt() * eps) / a_from.sqrt() + (1 - a_to).sqrt() * eps
+    ours, _ = ddim_invert(ldm, z0, cond, 4, progress=False)
+    torch.testing.assert_close(ours, x, rtol=1e-5, atol=1e-5)
+
+
 def test_ddim_round_trip_is_closer_with_many_steps(ldm, cond, z0):
     # Measured: 8 steps 0.056, 64 steps 0.012 (and 128 steps 0.0035).
     def round_trip(n: int) -> float:

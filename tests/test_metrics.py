@@ -346,3 +346,18 @@ def test_noise_floor_shrinks_with_the_set_size():
     ref = NLLReference.draw(256, 100_000, gen(0))
     small, large = ref.noise_floor(4, gen(1)), ref.noise_floor(100, gen(1))
     assert 0 < large < small < 2
+
+
+def test_noise_floor_is_the_quantile_of_genuine_sets_emd_in_nll_stds():
+    """Against an independent Monte Carlo (numpy's chi-square seeds, scipy's EMD): the 0.95 quantile of EMD(n genuine
+    NLLs, N) / sqrt(d/2) within 10%; the median, or a division by d/2, would be far outside it."""
+    from memories_lib.core.metrics import NLLReference
+
+    d, n = 16, 20
+    ref = NLLReference.draw(d, 100_000, gen(0))
+    rng = np.random.default_rng(5)
+    nll = 0.5 * rng.chisquare(d, size=(1000, n)) + 0.5 * d * np.log(2 * np.pi)  # NLL of a N(0, I_d) seed
+    emds = np.array([stats.wasserstein_distance(row, ref.values) for row in nll])
+    expected = np.quantile(emds, 0.95) / np.sqrt(d / 2)
+    assert ref.noise_floor(n, gen(1)) == pytest.approx(expected, rel=0.10)
+    assert ref.noise_floor(n, gen(1), quantile=0.5) == pytest.approx(np.median(emds) / np.sqrt(d / 2), rel=0.10)

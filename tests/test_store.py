@@ -175,6 +175,55 @@ def test_a_failed_write_leaves_no_entry_and_no_temporary_file(store, monkeypatch
     assert [p for p in store.root.rglob("*") if p.is_file()] == []
 
 
+def test_the_tensors_are_written_before_the_metadata_that_points_at_them(store, monkeypatch):
+    """Killed between its two writes, a put leaves tensors without metadata (no entry), never metadata without
+    tensors (a corrupt one); the next put of the key succeeds."""
+    key = Store.key(case="half")
+    data_path, meta_path = store.paths(key)
+    real_replace, moved = store_module.os.replace, []
+
+    def killed_at_the_second(src, dst):
+        moved.append(Path(dst))
+        if len(moved) == 2:
+            raise OSError("killed")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(store_module.os, "replace", killed_at_the_second)
+    with pytest.raises(OSError, match="killed"):
+        store.put(key, sample_tensors(), {"v": 1})
+    monkeypatch.undo()
+    assert moved == [data_path, meta_path]
+    assert data_path.is_file() and not meta_path.exists() and key not in store and store.get(key) is None
+    assert [p.name for p in data_path.parent.iterdir()] == [data_path.name]  # the metadata's temporary file is gone
+    store.put(key, sample_tensors(), {"v": 2})
+    assert store.get(key).meta == {"v": 2}
+
+
+def test_a_failed_folder_write_leaves_the_old_folder_and_no_temporary_one(tmp_path):
+    target = tmp_path / "models" / "model-0"
+
+    def first(tmp):
+        tmp.mkdir()
+        (tmp / "weights").write_text("first")
+
+    def broken(tmp):
+        tmp.mkdir()
+        (tmp / "weights").write_text("half")
+        raise RuntimeError("interrupted")
+
+    def second(tmp):
+        tmp.mkdir()
+        (tmp / "other").write_text("second")
+
+    store_module.write_folder_atomically(target, first)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        store_module.write_folder_atomically(target, broken)
+    assert (target / "weights").read_text() == "first"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["model-0"]  # no .model-0-* folder left
+    store_module.write_folder_atomically(target, second)  # a rewrite replaces the folder, nothing of it merged
+    assert sorted(p.name for p in target.iterdir()) == ["other"]
+
+
 def test_get_or_compute_computes_once(store):
     calls = []
 

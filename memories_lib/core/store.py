@@ -210,8 +210,9 @@ def locked_beside(target: str | Path) -> Iterator[None]:
 def write_folder_atomically(target: str | Path, write: Callable[[Path], None]) -> Path:
     """Run ``write(tmp)`` into a fresh temporary folder beside ``target``, then move it to ``target``.
 
-    Readers see either the old folder or the complete new one, never a half-written one; a
-    failed ``write`` leaves nothing behind.
+    Readers see the old folder, then (for the moment between removing it and the move) none, then the
+    complete new one; never a half-written one. A failed ``write`` leaves the old folder as it was and
+    nothing else behind.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)

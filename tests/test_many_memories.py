@@ -170,7 +170,17 @@ def test_sib_one_seed_per_support_and_decoder_inversions_shared_across_models(
         assert row["to_seed_cv"] == pytest.approx(r.geometry().to_seed_cv)
         assert row["cv_ratio"] == pytest.approx(row["to_seed_cv"] / row["baseline_cv"])
         assert row["nll"] == pytest.approx(float(metrics.nll(r.memories.seeds).mean()))
-        assert np.isfinite(row["control_to_seed_mean"])
+        own = r.own.seeds.double().flatten(1)
+        # the distances to the own seed, of the memories and of the controls, written out
+        to_seed = (r.memories.seeds.double().flatten(1) - own).norm(dim=1)
+        assert row["to_seed_mean"] == pytest.approx(float(to_seed.mean()))
+        assert row["to_seed_cv"] == pytest.approx(float(to_seed.std(unbiased=False) / to_seed.mean()))
+        controls = (r.controls.seeds.double().flatten(1) - own).norm(dim=1)
+        assert row["control_to_seed_mean"] == pytest.approx(float(controls.mean()))
+        # the baseline: N(0, I) seeds' distances to a seed of the own seed's norm
+        baseline = metrics.gaussian_geometry(256, anchor_sq=float(own.square().sum()))
+        assert row["baseline_cv"] == pytest.approx(baseline.to_anchor_cv)
+        assert row["baseline_to_seed_mean"] == pytest.approx(baseline.to_anchor_mean)
 
     other = _other_model(tiny_ldm_path)
     assert other.vae_hash() == ldm.vae_hash() and other.weights_hash() != ldm.weights_hash()

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from memories_lib.core.concepts import ConceptPrompts
+from memories_lib.core.models import encode_prompts
 from memories_lib.erasure import SalUnParams, resolve_params, saliency_mask, salun_erase
+from memories_lib.erasure.salun import saliency_gradients
+from memories_lib.erasure.training import add_noise, trainable_copy
+from memories_lib.erasure.unlearning import index_batches, steps_per_epoch, trained_names, unlearning_sets
 
 CONCEPT = ConceptPrompts("triangle", ("a triangle",), ("a shape",), ("a star",))
 #: |g| = 0.1 5 3 0.2 | 0.5 4 0.01 2: the top half is {5, 4, 3, 2}
@@ -45,6 +51,36 @@ def test_the_least_salient_rule_is_the_first_released_mask_code():
     mask = saliency_mask(GRADIENT, 0.5, "least-salient")
     assert {k: v.tolist() for k, v in mask.items()} == _official_ranks_kept(GRADIENT, 0.5, negate=False)
     assert all((mask[k] == ~torch.tensor(TOP_HALF[k])).all() for k in GRADIENT)
+
+
+def test_saliency_is_the_gradient_of_the_guided_forget_loss_written_out(ldm):
+    """|sum over one pass of D_f of grad -MSE((1 + w) eps(c) - w eps(empty), eps)|, the two predictions made by separate
+    calls here (one batched call in the library): a wrong sign of w, the unguided loss or one batch would differ."""
+    params = _tiny()
+    names = trained_names(ldm.unet, params.train_method)
+    g = torch.Generator().manual_seed(0)
+    sets = unlearning_sets(ldm, ["a triangle"], params, g)
+    student, _ = trainable_copy(ldm.unet, names)
+    ours = saliency_gradients(student, names, sets, ldm, batch_size=2, guidance=params.mask_guidance,
+                              generator=torch.Generator().manual_seed(1))
+
+    unet = copy.deepcopy(ldm.unet).requires_grad_(True)
+    chosen = [dict(unet.named_parameters())[n] for n in names]
+    w, g = params.mask_guidance, torch.Generator().manual_seed(1)
+    null = encode_prompts(ldm, [""])
+    total = [torch.zeros_like(p) for p in chosen]
+    order = index_batches(len(sets.forget), 2, g)
+    for _ in range(steps_per_epoch(len(sets.forget), 2)):
+        z0, cond, _ = sets.forget_batch(next(order))
+        z_t, t, eps = add_noise(ldm, z0, g)
+        e_c = unet(z_t, t, encoder_hidden_states=cond).sample
+        e_0 = unet(z_t, t, encoder_hidden_states=null.expand_as(cond)).sample
+        loss = -((1 + w) * e_c - w * e_0 - eps).square().mean()
+        total = [acc + grad for acc, grad in zip(total, torch.autograd.grad(loss, chosen))]
+    assert steps_per_epoch(len(sets.forget), 2) == 2
+    for name, acc in zip(names, total):
+        # float32 sums in another order (one batched call against two): agreement to 1e-4 of each tensor's scale
+        torch.testing.assert_close(ours[name], acc.abs(), rtol=0, atol=1e-4 * float(acc.abs().max()))
 
 
 @pytest.mark.parametrize("rule", ["most-salient", "least-salient"])

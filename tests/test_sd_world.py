@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from memories_lib.core.images import to_pil
 from memories_lib.core.judging import concept_head
 from memories_lib.core.profile import ProfileError
 from memories_lib.core.sampling import regenerate, sample_seeds
@@ -268,6 +269,12 @@ def test_similarity_is_cosine_between_images_and_texts(world: StableDiffusionWor
     assert (scores.abs() <= 1 + 1e-5).all()
     assert torch.allclose(model.similarity(images[:1], ["a photo of a church"]), scores[:1, :1], atol=1e-5)
     assert isinstance(model.identity(), str) and len(model.identity()) == 16
+    # CLIP's own forward pass scales the cosine of its projected embeddings by exp(logit_scale)
+    tokens = model.tokenizer(["a photo of a church", "a painting by Van Gogh"], padding=True, return_tensors="pt")
+    pixels = model.processor(images=[to_pil(image) for image in images], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        out = model.model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"], pixel_values=pixels)
+    torch.testing.assert_close(scores, out.logits_per_image / model.model.logit_scale.exp(), rtol=1e-4, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- what is missing, said clearly

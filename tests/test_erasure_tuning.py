@@ -6,6 +6,7 @@ import math
 
 import pandas as pd
 import pytest
+import torch
 
 from memories_lib.experiments import erasure_tuning as tuning
 from memories_lib.experiments.erasure_tuning import GOAL, Goal, PromptTest, Sweep, PromptTestResult
@@ -178,13 +179,34 @@ def test_sweep_through_the_store(tmp_path, monkeypatch):
     assert direct is not None and math.isclose(direct.erased, table["erased"].iloc[0])
 
 
-def test_prompt_test_uses_the_same_seeds_for_every_model():
+def test_prompt_test_uses_the_same_seeds_for_every_model(monkeypatch):
+    """A model with other weights is judged on exactly the base model's prompts and seeds, one seed per label."""
+    from memories_lib.core.models import load_ldm
+
     world = open_world("tiny")
     test = PromptTest.of(world, 2)
     base = world.base_model()
-    result = tuning.prompt_test(world, base, "triangle", test)
-    assert dict(result.accuracies) == dict(result.base_accuracies)  # the base model against itself
+    other = load_ldm(world.base_model_path())
+    with torch.no_grad():
+        param = next(other.unet.parameters())
+        param.add_(0.05 * torch.randn(param.shape, generator=torch.Generator().manual_seed(9)))
+    other.invalidate_hash()
+    assert other.weights_hash() != base.weights_hash()
+    calls = []
+    judged_generations_many = tuning.judged_generations_many
+
+    def spy(ldm, detector, requests, **kwargs):
+        calls.append((ldm, [(list(prompts), seed) for prompts, seed in requests]))
+        return judged_generations_many(ldm, detector, requests, **kwargs)
+
+    monkeypatch.setattr(tuning, "judged_generations_many", spy)
+    result = tuning.prompt_test(world, other, "triangle", test)
+    assert len(calls) == 2 and calls[0][0] is other and calls[1][0] is base
+    assert calls[0][1] == calls[1][1]
+    assert len({seed for _, seed in calls[0][1]}) == len(calls[0][1]) == len(result.accuracies)
     assert set(result.accuracies) == {"triangle", *world.rivals("triangle")}
+    again = tuning.prompt_test(world, base, "triangle", test)
+    assert dict(again.accuracies) == dict(again.base_accuracies)  # the base model against itself
 
 
 def test_prompt_test_validates():

@@ -132,6 +132,14 @@ def test_audit_end_to_end(inputs, tiny_ldm_path, tmp_path, monkeypatch):
     concept = data["images"]["concept"]
     assert [r["file"] for r in concept] == [f"img{i:02d}.png" for i in range(5)]
     assert np.isclose(data["summary"]["psnr"], np.mean([r["psnr"] for r in concept]))
+    reference = data["images"]["reference"]
+    assert len(reference) == 6 and data["summary"]["n_e"] + data["summary"]["diverged_e"] == 5
+    assert data["summary"]["n_r"] + data["summary"]["diverged_r"] == 6
+    # the one inversion of E and R is cut where E ends: each side's mean is its own records'
+    for key, records in (("nll", concept), ("ref_nll", reference)):
+        kept = [r["nll"] for r in records if not r["diverged"]]
+        assert np.isclose(data["summary"][key], np.mean(kept)), key
+    assert not np.isclose(data["summary"]["nll"], data["summary"]["ref_nll"])
     for key in ("rd_emd", "rd_emd_low", "rd_emd_high", "rd_w2", "rd_w2_50", "nll", "ref_nll", "vae_psnr"):
         assert data["summary"][key] is not None and np.isfinite(data["summary"][key]), key
     assert data["summary"]["rd_emd_low"] <= data["summary"]["rd_emd"] <= data["summary"]["rd_emd_high"]

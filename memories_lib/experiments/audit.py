@@ -365,9 +365,11 @@ def _plain(value: Any) -> Any:
 
 def per_image(inv: SetInversion, folder: ImageFolder) -> list[dict[str, Any]]:
     """One record per image: its file (relative to the folder), caption, PSNR, VAE PSNR, NLL, divergence."""
+    if len(inv.nll) != len(folder):
+        raise ValueError(f"{len(inv.nll)} inversions for the {len(folder)} images of {folder.folder}")
     return [{"file": name, "caption": caption, "psnr": float(inv.psnr[i]), "vae_psnr": float(inv.vae_psnr[i]),
              "nll": float(inv.nll[i]), "diverged": bool(inv.diverged[i])}
-            for i, (name, caption) in enumerate(zip(folder.names(), folder.captions))]
+            for i, (name, caption) in enumerate(zip(folder.names(), folder.captions, strict=True))]
 
 
 def to_json(result: AuditResult) -> dict[str, Any]:

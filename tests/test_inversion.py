@@ -6,6 +6,7 @@ below were measured on this model (numbers in each test) and carry a margin of 2
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
@@ -348,6 +349,40 @@ def test_edict_round_trip_is_exact_in_float64(ldm, cond, z0):
     assert ldm.weights_hash() == hash_before
     with pytest.raises(ValueError, match="mixing weight"):
         edict_invert(ldm, z0, cond, 2, mix=0.0, progress=False)
+
+
+def test_edict_sampling_is_its_documented_steps_written_out(ldm, cond, z0):
+    """Two steps (timesteps 501, 1): the first updates x with the noise of y, then y with the noise of the new x; the
+    second the other way round (leapfrog); each then mixes x with weight p = 0.93, then y with the new x. The
+    inversion is this run backwards (the exact round trip above), so this pins both."""
+    scheduler = DDIMScheduler.from_config(ldm.scheduler.config)
+    scheduler.set_timesteps(2)
+    assert scheduler.timesteps.tolist() == [501, 1]
+    ac = scheduler.alphas_cumprod.double()
+    final = torch.as_tensor(scheduler.final_alpha_cumprod, dtype=torch.float64)
+    unet, c = copy.deepcopy(ldm.unet).double(), cond.double()
+
+    def step(sample, other, t, a_from, a_to):
+        eps = unet(other, t, encoder_hidden_states=c).sample
+        return a_to.sqrt() * (sample - (1 - a_from).sqrt() * eps) / a_from.sqrt() + (1 - a_to).sqrt() * eps
+
+    g = torch.Generator().manual_seed(3)
+    x_T = torch.randn(z0.shape, generator=g, dtype=torch.float64)
+    y_T = x_T + 0.1 * torch.randn(z0.shape, generator=g, dtype=torch.float64)
+    x, y, p = x_T.clone(), y_T.clone(), 0.93
+    with torch.no_grad():
+        x = step(x, y, 501, ac[501], ac[1])
+        y = step(y, x, 501, ac[501], ac[1])
+        x = p * x + (1 - p) * y
+        y = p * y + (1 - p) * x
+        y = step(y, x, 1, ac[1], final)
+        x = step(x, y, 1, ac[1], final)
+        x = p * x + (1 - p) * y
+        y = p * y + (1 - p) * x
+    ours = edict_sample(ldm, x_T, y_T, cond, 2, progress=False)
+    torch.testing.assert_close(ours[0], x, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(ours[1], y, rtol=1e-9, atol=1e-9)
+    assert not torch.allclose(edict_sample(ldm, x_T, y_T, cond, 2, mix=0.5, progress=False)[0], ours[0])
 
 
 # --------------------------------------------------------------------------- the API

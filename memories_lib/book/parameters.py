@@ -19,7 +19,7 @@ from typing import Any, Iterable, Mapping, NamedTuple
 import yaml
 
 from ..core import distributed
-from ..core.profile import LIBRARY_PARAMETERS, Profile, load_profile
+from ..core.profile import LIBRARY_PARAMETERS, Profile, list_profiles, load_profile
 from .toc import Chapter, read_notebook
 
 # The annotations a parameter may have (subscripted ones, ``list[str]``, too: the items are not checked).
@@ -225,7 +225,14 @@ def unused_profile_parameters(profile: str | Path | Profile, declared: Iterable[
 
 
 def warn_unused_profile_parameters(profile: str | Path | Profile, declared: Iterable[str]) -> None:
-    """Print :func:`unused_profile_parameters`'s message, if any, to stderr, once per job (by its main process)."""
+    """Print :func:`unused_profile_parameters`'s message, if any, to stderr, once per job (by its main process).
+
+    The shipped profiles as shipped are left out: the test suite checks them against the book's chapters
+    (``tests/test_book.py``), and its small books of test chapters run them, which would only be noise.
+    """
+    profile = as_profile(profile)
+    if profile.name in list_profiles() and profile == load_profile(profile.name):
+        return
     message = unused_profile_parameters(profile, declared)
     if message and distributed.launch().is_main:
         print(f"[memories] warning: {message}", file=sys.stderr)
